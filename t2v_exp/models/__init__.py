@@ -1,0 +1,28 @@
+"""Model families behind one protocol. ``build_model`` is the only entry the engine uses."""
+
+from __future__ import annotations
+
+from .protocol import VideoModel
+
+
+def model_class(model_cfg):
+    """The adapter class named by the config's ``_target_`` (the config is the registry)."""
+    from hydra.utils import get_class
+
+    return get_class(model_cfg._target_)
+
+
+def resolve_and_validate(model_cfg, cache_dir: str | None):
+    """Locate the checkpoint and check geometry from its JSON configs only (no weights loaded)."""
+    cls = model_class(model_cfg)
+    roots = cls.resolve(model_cfg, cache_dir)
+    cls.validate(model_cfg, roots)
+    return cls, roots
+
+
+def build_model(model_cfg, cache_dir: str | None = None) -> VideoModel:
+    cls, roots = resolve_and_validate(model_cfg, cache_dir)
+    return cls(model_cfg, roots)
+
+
+__all__ = ["VideoModel", "build_model", "model_class", "resolve_and_validate"]

@@ -1,0 +1,194 @@
+"""Helpers shared by the model families: plain functions, no base classes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointNotAvailableError(RuntimeError):
+    """A pretrained checkpoint could not be found locally nor fetched from the hub."""
+
+
+def resolve_pretrained(name_or_path: str, *, what: str, allow_patterns: list[str] | None = None) -> str:
+    """Return a local directory for a hub id or local path, or raise one actionable error.
+
+    Called before any weights are built, so a missing checkpoint fails in seconds, not after
+    the text encoder has been loaded.
+    """
+    if not name_or_path:
+        raise CheckpointNotAvailableError(f"No checkpoint given for {what}: set model.pretrained.")
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_dir():
+        return str(path)
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1
+    if looks_local:
+        raise CheckpointNotAvailableError(
+            f"{what}: local checkpoint directory '{name_or_path}' does not exist. "
+            f"Point model.pretrained at a directory in diffusers layout (model_index.json + subfolders)."
+        )
+    from huggingface_hub import snapshot_download
+
+    try:  # cached by an earlier download: no network needed
+        return snapshot_download(name_or_path, local_files_only=True, allow_patterns=allow_patterns)
+    except Exception:  # noqa: BLE001 - any cache miss falls through to the download attempt
+        pass
+    try:
+        return snapshot_download(name_or_path, allow_patterns=allow_patterns)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types; one message for all
+        raise CheckpointNotAvailableError(
+            f"{what}: cannot load '{name_or_path}': it is not a local directory, not in the Hugging Face "
+            f"cache, and the hub could not be reached ({type(exc).__name__}). On a machine with network run\n"
+            f"    huggingface-cli download {name_or_path} --local-dir /path/to/{name_or_path.split('/')[-1]}\n"
+            f"copy that directory here and set model.pretrained=/path/to/{name_or_path.split('/')[-1]}. "
+            f"For an offline try-out use a tiny twin instead, e.g. model=cogvideox_tiny."
+        ) from exc
+
+
+def count_parameters(params: Iterable[nn.Parameter]) -> int:
+    # Deduplicate by identity: tied weights must not be counted twice.
+    seen: dict[int, int] = {id(p): p.numel() for p in params}
+    return sum(seen.values())
+
+
+def freeze(*modules: nn.Module) -> None:
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+
+
+def trainable_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def cast_trainable_to_fp32(module: nn.Module) -> None:
+    """Keep trainable weights in fp32 while the frozen base sits in fp16/bf16.
+
+    Optimizer updates to half-precision weights underflow (and GradScaler refuses fp16
+    master weights), so adapters and fully trained blocks must stay fp32.
+    """
+    for param in module.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
+def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
+def sample_timesteps(num_train_timesteps: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    # Drawn on the CPU generator so a step's noise depends only on (seed, step), which is what
+    # makes a resumed run repeat an uninterrupted one bit for bit.
+    return torch.randint(0, num_train_timesteps, (batch,), generator=generator, dtype=torch.long)
+
+
+def sample_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+    return noise.to(device=like.device, dtype=like.dtype)
+
+
+def to_unit_range(frames: torch.Tensor) -> torch.Tensor:
+    """Pipeline output [B, F, C, H, W] in [0, 1] as float32 on the CPU."""
+    return frames.detach().float().clamp(0, 1).cpu()
+
+
+def frames_to_pixels(videos: torch.Tensor) -> torch.Tensor:
+    """[B, F, C, H, W] -> [B*F, C, H, W] for image VAEs applied frame by frame."""
+    b, f, c, h, w = videos.shape
+    return videos.reshape(b * f, c, h, w)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain model under DDP / torch.compile wrappers (what pipelines and exports need)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(module)
+
+
+def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    ids = tokens.input_ids.to(text_encoder.device)
+    return text_encoder(ids)[0]
+
+
+def encode_frames_with_image_vae(vae, videos: torch.Tensor) -> torch.Tensor:
+    """[B, F, C, H, W] pixels -> [B, C, F, h, w] scaled latents, one frame at a time through a 2-D VAE.
+
+    Uses the posterior mean, not a sample: encoding is then deterministic, so latents computed
+    on the fly and latents read from a cache give the same loss.
+    """
+    b, f = videos.shape[:2]
+    pixels = frames_to_pixels(videos).to(device=vae.device, dtype=vae.dtype)
+    latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    c, h, w = latents.shape[1:]
+    return latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"Unsupported scheduler prediction_type '{kind}' (expected epsilon or v_prediction)")
+
+
+def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone().contiguous() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_full_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    expected = {n for n, p in module.named_parameters() if p.requires_grad}
+    missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+    if missing or unexpected:
+        raise KeyError(f"Trainable weights do not match: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in state_dict.items():
+            params[name].copy_(value.to(params[name].dtype))
+
+
+def place_components(frozen: list[nn.Module], trainable: nn.Module, device, weight_dtype: torch.dtype) -> None:
+    """Frozen parts in the compute dtype (halves memory); trainable weights stay fp32."""
+    for module in frozen:
+        module.to(device=device, dtype=weight_dtype)
+    trainable.to(device=device, dtype=weight_dtype)
+    cast_trainable_to_fp32(trainable)
+
+
+def spatial_multiple(pretrained_dir: str, denoiser_subfolder: str, vae_subfolder: str = "vae") -> int:
+    """Pixel height/width must be a multiple of this: VAE downsampling x denoiser downsampling/patching."""
+    import json
+
+    root = Path(pretrained_dir)
+    vae_cfg = json.loads((root / vae_subfolder / "config.json").read_text())
+    den_cfg = json.loads((root / denoiser_subfolder / "config.json").read_text())
+    vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
+    if "patch_size" in den_cfg:
+        return vae_factor * int(den_cfg["patch_size"])
+    return vae_factor * 2 ** (len(den_cfg["block_out_channels"]) - 1)
+
+
+TINY_PREFIX = "tiny:"
+
+
+def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_patterns: list[str] | None = None) -> str:
+    """``tiny:<name>`` builds/loads a local random twin; anything else is a hub id or directory."""
+    if spec and spec.startswith(TINY_PREFIX):
+        from .tiny import tiny_checkpoint
+
+        return tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
+    return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)

@@ -1,0 +1,90 @@
+"""LoRA on top of peft, the same way for every family."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    #: leaf module names to adapt, e.g. the attention projections
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    #: only adapt modules whose qualified name contains this (AnimateDiff: "motion_modules")
+    scope: str | None = None
+
+
+def lora_settings(node) -> LoraSettings:
+    """LoraSettings from a config node (DictConfig or dict)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    return LoraSettings(**values)
+
+
+def target_pattern(settings: LoraSettings) -> str | list[str]:
+    """peft ``target_modules``: a plain list, or a full-match regex when a scope narrows it."""
+    if not settings.scope:
+        return list(settings.target_modules)
+    leaves = "|".join(re.escape(name) for name in settings.target_modules)
+    return rf".*{re.escape(settings.scope)}.*\.({leaves})"
+
+
+def peft_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        init_lora_weights=True,
+        target_modules=target_pattern(settings),
+    )
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> None:
+    """Freeze ``model`` and attach LoRA adapters (only they require grad afterwards)."""
+    model.requires_grad_(False)
+    model.add_adapter(peft_config(settings))
+    adapted = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not adapted:
+        raise ValueError(
+            f"model.lora.target_modules={settings.target_modules} (scope={settings.scope!r}) matched no "
+            f"module of {type(model).__name__}; valid examples: to_q, to_k, to_v, to_out.0"
+        )
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights under diffusers' key names (what ``load_lora_weights`` expects)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state_dict)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise KeyError(f"LoRA weights with unexpected keys, e.g. {unexpected[:3]}")
+    missing_lora = [k for k in (getattr(result, "missing_keys", None) or []) if "lora_" in k]
+    if missing_lora:
+        raise KeyError(f"LoRA weights missing keys, e.g. {missing_lora[:3]}")
+
+
+def lora_metadata(settings: LoraSettings) -> dict:
+    """The LoraConfig fields diffusers stores beside exported weights so loading needs no guessing."""
+    cfg = peft_config(settings)
+    return {
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "target_modules": sorted(cfg.target_modules) if isinstance(cfg.target_modules, set) else cfg.target_modules,
+        "lora_dropout": cfg.lora_dropout,
+    }

@@ -1,0 +1,164 @@
+"""ModelScope text-to-video: UNet3D denoiser, frame-wise 2-D VAE, CLIP text tower, epsilon target."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import require_multiple
+from . import common
+from .lora import add_lora, load_lora_state_dict, lora_metadata, lora_settings, lora_state_dict
+
+log = logging.getLogger(__name__)
+SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
+
+
+def text_to_video_pipeline_class():
+    """``TextToVideoSDPipeline`` lives in diffusers' deprecated pipelines and may disappear."""
+    try:
+        from diffusers import TextToVideoSDPipeline
+    except ImportError as exc:  # pragma: no cover - depends on the installed diffusers
+        raise ImportError(
+            "This diffusers release no longer ships TextToVideoSDPipeline (ModelScope). "
+            "Install a release that does, e.g. pip install 'diffusers<0.50'."
+        ) from exc
+    return TextToVideoSDPipeline
+
+
+def lora_unet_class():
+    """UNet3DConditionModel with diffusers' PEFT mixin.
+
+    The stock UNet3D lacks ``add_adapter``/``load_lora_adapter``, so neither training with
+    diffusers-style LoRA nor ``TextToVideoSDPipeline.load_lora_weights`` would work on it.
+    Mixing the adapter API in changes no weights or config.
+    """
+    from diffusers import UNet3DConditionModel
+    from diffusers.loaders import PeftAdapterMixin
+
+    class UNet3DConditionModelWithLora(UNet3DConditionModel, PeftAdapterMixin):
+        pass
+
+    return UNet3DConditionModelWithLora
+
+
+def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
+    """A ModelScope pipeline that can take our exported LoRA with ``load_lora_weights``."""
+    root = common.resolve_pretrained(pretrained, what="ModelScope", allow_patterns=SUBFOLDERS)
+    unet = lora_unet_class().from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
+    pipe = text_to_video_pipeline_class().from_pretrained(root, unet=unet, torch_dtype=torch_dtype)
+    if lora_dir:
+        pipe.load_lora_weights(lora_dir)
+    return pipe
+
+
+class ModelScopeModel:
+    family = "modelscope"
+    denoiser_subfolder = "unet"
+
+    @staticmethod
+    def resolve(cfg, cache_dir: str | None) -> str:
+        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS)
+
+    @staticmethod
+    def validate(cfg, root: str) -> None:
+        multiple = common.spatial_multiple(root, "unet")
+        why = "VAE downsampling x UNet downsampling"
+        require_multiple("model.height", cfg.height, multiple, why)
+        require_multiple("model.width", cfg.width, multiple, why)
+
+    def __init__(self, cfg, root: str):
+        from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet3DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        self.cfg = cfg
+        self.root = root
+        self.tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+        self.text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder")
+        self.vae = AutoencoderKL.from_pretrained(root, subfolder="vae")
+        unet_class = lora_unet_class() if cfg.finetune == "lora" else UNet3DConditionModel
+        self.denoiser = unet_class.from_pretrained(root, subfolder="unet")
+        self.scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler")
+        # Same betas and prediction type as the published scheduler; DDPM adds noise identically.
+        self.train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        common.freeze(self.text_encoder, self.vae, self.denoiser)
+        self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
+        if self.lora:
+            add_lora(self.denoiser, self.lora)
+        else:
+            self.denoiser.requires_grad_(True)
+        self.denoiser.train()
+
+    # -- protocol -----------------------------------------------------------------------
+    def trainable_parameters(self):
+        return common.trainable_params(self.denoiser)
+
+    def parameter_counts(self):
+        modules = [self.text_encoder, self.vae, common.unwrap(self.denoiser)]
+        total = common.count_parameters(p for m in modules for p in m.parameters())
+        return {"trainable": common.count_parameters(self.trainable_parameters()), "total": total}
+
+    def place(self, device, weight_dtype):
+        common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype)
+
+    def enable_memory_savers(self, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        if vae_slicing:
+            self.vae.enable_slicing()
+        if vae_tiling:
+            self.vae.enable_tiling()
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts):
+        return common.encode_clip_prompts(self.tokenizer, self.text_encoder, prompts)
+
+    @torch.no_grad()
+    def encode_videos(self, videos):
+        return common.encode_frames_with_image_vae(self.vae, videos)
+
+    def training_loss(self, latents, prompt_embeds, generator):
+        steps = common.sample_timesteps(self.train_scheduler.config.num_train_timesteps, latents.shape[0], generator)
+        steps = steps.to(latents.device)
+        noise = common.sample_noise(latents, generator)
+        noisy = self.train_scheduler.add_noise(latents, noise, steps)
+        prediction = self.denoiser(noisy, steps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        return common.mse(prediction, common.prediction_target(self.train_scheduler, latents, noise, steps))
+
+    def pipeline(self):
+        pipe = text_to_video_pipeline_class()(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+            unet=common.unwrap(self.denoiser), scheduler=self.scheduler,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
+        out = self.pipeline()(
+            prompt=prompts, num_frames=self.cfg.num_frames, height=self.cfg.height, width=self.cfg.width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+            output_type="pt",
+        )
+        return common.to_unit_range(out.frames)
+
+    def trainable_state_dict(self):
+        unet = common.unwrap(self.denoiser)
+        return lora_state_dict(unet) if self.lora else common.full_state_dict(unet)
+
+    def load_trainable_state_dict(self, state_dict):
+        unet = common.unwrap(self.denoiser)
+        if self.lora:
+            load_lora_state_dict(unet, state_dict)
+        else:
+            common.load_full_state_dict(unet, state_dict)
+
+    def export(self, out_dir: Path):
+        unet = common.unwrap(self.denoiser)
+        if self.lora:
+            text_to_video_pipeline_class().save_lora_weights(
+                out_dir, unet_lora_layers=lora_state_dict(unet), unet_lora_adapter_metadata=lora_metadata(self.lora)
+            )
+        else:
+            unet.save_pretrained(Path(out_dir) / "unet", safe_serialization=True)

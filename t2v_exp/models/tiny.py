@@ -1,0 +1,242 @@
+"""Tiny random twins of the real checkpoints, built locally and saved in diffusers layout.
+
+Each twin uses the same diffusers/transformers classes, latent layout, scheduler type and
+prediction type as the real model, only narrower. It is written to disk once and then loaded
+through exactly the same ``from_pretrained`` code as a real checkpoint, so a test on a twin
+exercises the real loading path. No hub access: tokenizers are built from the BPE vocabulary
+that ships with clip-anytorch (CLIP) and a SentencePiece model trained in under a second (T5).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Bump when a builder changes so stale twins in users' caches are rebuilt.
+TINY_VERSION = "1"
+CLIP_MERGES = 2000  # first N merges of CLIP's BPE: a valid, much smaller vocabulary
+TEXT_DIM = 32
+T5_MAX_TOKENS = 16
+
+# The published scheduler configs (checked against the hub's scheduler_config.json files).
+MODELSCOPE_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
+)
+COGVIDEOX_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
+)
+
+
+def clip_tokenizer(out_dir: Path):
+    """A CLIPTokenizer over CLIP's own byte-level BPE, cut to the first merges."""
+    import clip
+    from clip.simple_tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 1 + CLIP_MERGES]
+    merges = [tuple(line.split()) for line in lines]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    raw = out_dir / "raw_clip_tokenizer"
+    raw.mkdir(parents=True)
+    (raw / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer.from_pretrained(raw, model_max_length=77)
+    shutil.rmtree(raw)
+    return tokenizer
+
+
+def t5_tokenizer(out_dir: Path):
+    """A T5Tokenizer from a small SentencePiece unigram model trained on CLIP's vocabulary words."""
+    import clip
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:20001]
+    words = sorted({m.replace(" ", "")[:-4] for m in merges if m.endswith("</w>") and m.replace(" ", "")[:-4].isalpha()})
+    rng = random.Random(0)
+    raw = out_dir / "raw_t5_tokenizer"
+    raw.mkdir(parents=True)
+    corpus = raw / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(10)) for _ in range(3000)))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(raw / "spiece"), vocab_size=256, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )
+    corpus.unlink()
+    (raw / "spiece.vocab").unlink()
+    tokenizer = T5Tokenizer.from_pretrained(raw, extra_ids=0, model_max_length=T5_MAX_TOKENS)
+    shutil.rmtree(raw)
+    return tokenizer
+
+
+def clip_text_encoder(vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def image_vae():
+    """2-D KL VAE, 4x spatial compression, 4 latent channels, SD's scaling factor."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=0.18215,
+    )
+
+
+def build_modelscope(out_dir: Path) -> None:
+    from diffusers import DDIMScheduler, UNet3DConditionModel
+
+    from .modelscope import text_to_video_pipeline_class
+
+    tokenizer = clip_tokenizer(out_dir)
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+    pipeline = text_to_video_pipeline_class()(
+        vae=image_vae(), text_encoder=clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**MODELSCOPE_SCHEDULER),
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_cogvideox(out_dir: Path) -> None:
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer(out_dir)
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
+        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
+    )
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
+        text_embed_dim=TEXT_DIM, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=T5_MAX_TOKENS,
+    )
+    pipeline = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_sd15(out_dir: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = clip_tokenizer(out_dir)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=image_vae(), text_encoder=clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_motion_adapter(out_dir: Path) -> None:
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(1)
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+        motion_num_attention_heads=4, motion_max_seq_length=32, use_motion_mid_block=True,
+    )
+    adapter.save_pretrained(out_dir, safe_serialization=True)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "modelscope": build_modelscope,
+    "cogvideox": build_cogvideox,
+    "sd15": build_sd15,
+    "motion_adapter": build_motion_adapter,
+}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("T2V_EXP_CACHE", Path.home() / ".cache" / "t2v_exp"))
+
+
+def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """Directory of the tiny twin ``name`` (one of :data:`BUILDERS`), built on first use.
+
+    Built into a temporary directory and renamed into place, so a crash mid-build never leaves
+    a half-written twin that a later run would load.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown tiny checkpoint '{name}'; valid: {sorted(BUILDERS)}")
+    import diffusers
+    import transformers
+
+    fingerprint = hashlib.sha1(
+        f"{TINY_VERSION}|{diffusers.__version__}|{transformers.__version__}".encode()
+    ).hexdigest()[:10]
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / "tiny" / f"{name}-{fingerprint}"
+    if (target / ".complete").exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        log.info("Building tiny checkpoint %s in %s", name, target)
+        BUILDERS[name](staging)
+        (staging / ".complete").write_text(fingerprint)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
