@@ -46,15 +46,21 @@ SD15_SCHEDULER = dict(
 )
 
 
+def clip_bpe_merges(count: int) -> list[str]:
+    """The first ``count`` merge rules of the BPE vocabulary that ships with clip-anytorch."""
+    import clip
+
+    bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    with gzip.open(bpe_path) as handle:
+        return handle.read().decode("utf-8").split("\n")[1 : 1 + count]
+
+
 def clip_tokenizer(out_dir: Path):
     """A CLIPTokenizer over CLIP's own byte-level BPE, cut to the first merges."""
-    import clip
     from clip.simple_tokenizer import bytes_to_unicode
     from transformers import CLIPTokenizer
 
-    bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1 : 1 + CLIP_MERGES]
-    merges = [tuple(line.split()) for line in lines]
+    merges = [tuple(line.split()) for line in clip_bpe_merges(CLIP_MERGES)]
     byte_chars = list(bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -69,13 +75,11 @@ def clip_tokenizer(out_dir: Path):
 
 def t5_tokenizer(out_dir: Path):
     """A T5Tokenizer from a small SentencePiece unigram model trained on CLIP's vocabulary words."""
-    import clip
     import sentencepiece as spm
     from transformers import T5Tokenizer
 
-    bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-    merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")[1:20001]
-    words = sorted({m.replace(" ", "")[:-4] for m in merges if m.endswith("</w>") and m.replace(" ", "")[:-4].isalpha()})
+    joined = (m.replace(" ", "") for m in clip_bpe_merges(20000))
+    words = sorted({w[:-4] for w in joined if w.endswith("</w>") and w[:-4].isalpha()})
     rng = random.Random(0)
     raw = out_dir / "raw_t5_tokenizer"
     raw.mkdir(parents=True)
