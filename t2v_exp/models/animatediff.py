@@ -57,6 +57,7 @@ class AnimateDiffModel:
 
         base, adapter_dir = roots
         self.cfg = cfg
+        self.roots = roots
         self.tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
         self.text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
         self.vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
@@ -85,8 +86,8 @@ class AnimateDiffModel:
         total = common.count_parameters(p for m in modules for p in m.parameters())
         return {"trainable": common.count_parameters(self.trainable_parameters()), "total": total}
 
-    def place(self, device, weight_dtype):
-        common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype)
+    def place(self, device, weight_dtype, frozen_device=None):
+        common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype, frozen_device)
 
     def enable_memory_savers(self, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
         if gradient_checkpointing:

@@ -71,8 +71,8 @@ class CogVideoXModel:
         total = common.count_parameters(p for m in modules for p in m.parameters())
         return {"trainable": common.count_parameters(self.trainable_parameters()), "total": total}
 
-    def place(self, device, weight_dtype):
-        common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype)
+    def place(self, device, weight_dtype, frozen_device=None):
+        common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype, frozen_device)
 
     def enable_memory_savers(self, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
         if gradient_checkpointing:

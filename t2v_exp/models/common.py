@@ -161,10 +161,19 @@ def load_full_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor])
             params[name].copy_(value.to(params[name].dtype))
 
 
-def place_components(frozen: list[nn.Module], trainable: nn.Module, device, weight_dtype: torch.dtype) -> None:
-    """Frozen parts in the compute dtype (halves memory); trainable weights stay fp32."""
+def place_components(frozen: list[nn.Module], trainable: nn.Module, device, weight_dtype: torch.dtype,
+                     frozen_device=None) -> None:
+    """Frozen parts in the compute dtype (halves memory); trainable weights stay fp32.
+
+    With ``frozen_device="cpu"`` (gpu.cpu_offload) the text encoder and VAE stay on the CPU in
+    fp32 (half-precision CPU kernels are slow or missing) and only the denoiser uses the GPU.
+    """
+    offloaded = frozen_device is not None and torch.device(frozen_device) != torch.device(device)
     for module in frozen:
-        module.to(device=device, dtype=weight_dtype)
+        if offloaded:
+            module.to(device=frozen_device, dtype=torch.float32)
+        else:
+            module.to(device=device, dtype=weight_dtype)
     trainable.to(device=device, dtype=weight_dtype)
     cast_trainable_to_fp32(trainable)
 

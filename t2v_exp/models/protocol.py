@@ -28,8 +28,12 @@ class VideoModel(Protocol):
     def parameter_counts(self) -> dict[str, int]:
         """``{"trainable": n, "total": n}`` over every component (text encoder and VAE included)."""
 
-    def place(self, device: torch.device, weight_dtype: torch.dtype) -> None:
-        """Move components to ``device``; frozen weights in ``weight_dtype``, trainable ones in fp32."""
+    def place(self, device: torch.device, weight_dtype: torch.dtype, frozen_device=None) -> None:
+        """Move components to ``device``; frozen weights in ``weight_dtype``, trainable ones in fp32.
+        ``frozen_device`` keeps the text encoder and VAE elsewhere (CPU offload)."""
+
+    def enable_memory_savers(self, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool) -> None:
+        """Turn on the memory knobs of the ``gpu`` config group."""
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Text-encoder hidden states for the denoiser's cross-attention, ``[B, L, D]``."""

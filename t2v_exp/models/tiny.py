@@ -25,7 +25,7 @@ import torch
 log = logging.getLogger(__name__)
 
 #: Bump when a builder changes so stale twins in users' caches are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 CLIP_MERGES = 2000  # first N merges of CLIP's BPE: a valid, much smaller vocabulary
 TEXT_DIM = 32
 T5_MAX_TOKENS = 16
@@ -160,7 +160,7 @@ def build_cogvideox(out_dir: Path) -> None:
         layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
     )
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
+        num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
         text_embed_dim=TEXT_DIM, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=T5_MAX_TOKENS,
     )

@@ -1,0 +1,217 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Types are enforced by OmegaConf when Hydra composes, so ``train.max_steps=abc`` or an unknown
+key fails at startup naming the key. Checks that need more than a type (ranges, combinations,
+hardware) live in :func:`validate`, which runs before any model weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from .errors import ConfigError
+
+
+class Finetune(str, Enum):
+    lora = "lora"
+    full = "full"
+
+
+class MixedPrecision(str, Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when logged in, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    scope: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    family: str = MISSING
+    pretrained: str = MISSING
+    motion_adapter: str | None = None
+    finetune: Finetune = Finetune.lora
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    num_frames: int = 16
+    height: int = 256
+    width: int = 256
+    fps: int = 8
+    caption_dropout: float = 0.0
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class PrecisionConfig:
+    mixed_precision: MixedPrecision = MixedPrecision.no
+    allow_tf32: bool = True
+
+
+@dataclass
+class GpuConfig:
+    name: str = "cpu"
+    device: Device = Device.auto
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False  # keep the text encoder and VAE on the CPU between uses
+    num_workers: int = 0
+    pin_memory: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    mode: WandbMode = WandbMode.auto
+    project: str = "t2v_exp"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+@dataclass
+class TrainLoopConfig:
+    max_steps: int = 100
+    lr_schedule: LrSchedule = LrSchedule.cosine
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    log_every: int = 1
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    validate_every: int = 0  # 0: only at the end
+    evaluate_at_end: bool = False
+
+
+@dataclass
+class ValidationConfig:
+    prompts: list[str] = field(default_factory=list)  # empty: the first dataset captions
+    num_videos: int = 2
+    num_inference_steps: int = 25
+    guidance_scale: float = 6.0
+    seed: int = 1234
+    enabled: bool = True
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "${oc.env:T2V_EXP_CACHE,${oc.env:HOME}/.cache/t2v_exp}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    dataset: Any = MISSING
+    optimizer: OptimizerConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    gpu: GpuConfig = MISSING
+    logger: LoggerConfig = MISSING
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    resume: str | None = None  # "latest" or a checkpoint directory
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    try:
+        from .data.schemas import register_dataset_schemas
+    except ImportError:  # the data package registers its own schemas once it exists
+        return
+    register_dataset_schemas(cs)
+
+
+def _positive(key: str, value, example) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value} must be > 0, e.g. {key}={example}")
+
+
+def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
+    """Range and combination checks that types cannot express; cheap, runs before any load."""
+    import torch
+
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    _positive("optimizer.lr", cfg.optimizer.lr, 1e-4)
+    _positive("train.max_steps", cfg.train.max_steps, 100)
+    _positive("gpu.batch_size", cfg.gpu.batch_size, 1)
+    _positive("gpu.gradient_accumulation_steps", cfg.gpu.gradient_accumulation_steps, 1)
+    _positive("model.num_frames", cfg.model.num_frames, 16)
+    _positive("model.height", cfg.model.height, 256)
+    _positive("model.width", cfg.model.width, 256)
+    _positive("model.fps", cfg.model.fps, 8)
+    _positive("validation.num_inference_steps", cfg.validation.num_inference_steps, 25)
+    if cfg.model.finetune == Finetune.lora:
+        _positive("model.lora.rank", cfg.model.lora.rank, 16)
+        _positive("model.lora.alpha", cfg.model.lora.alpha, 16)
+        if not cfg.model.lora.target_modules:
+            raise ConfigError("model.lora.target_modules is empty; e.g. [to_q,to_k,to_v,to_out.0]")
+    if not 0.0 <= cfg.model.caption_dropout < 1.0:
+        raise ConfigError(f"model.caption_dropout={cfg.model.caption_dropout} must be in [0, 1), e.g. 0.1")
+    if cfg.train.warmup_steps < 0:
+        raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0")
+    if cfg.train.keep_last < 1:
+        raise ConfigError(f"train.keep_last={cfg.train.keep_last} must be >= 1 (checkpoints to keep)")
+    if cfg.gpu.num_workers < 0:
+        raise ConfigError(f"gpu.num_workers={cfg.gpu.num_workers} must be >= 0")
+    if cfg.logger.backend not in ("wandb", "none"):
+        raise ConfigError(f"logger.backend={cfg.logger.backend} must be wandb or none")
+    device = resolve_device(cfg.gpu.device, cuda_available)
+    if device == "cuda" and not cuda_available:
+        raise ConfigError("gpu.device=cuda but no CUDA device is visible; use gpu=cpu (or gpu.device=cpu)")
+    if device == "cpu" and cfg.precision.mixed_precision == MixedPrecision.fp16:
+        raise ConfigError("precision=fp16 needs a CUDA GPU; on the CPU use precision=fp32 or precision=bf16")
+
+
+def resolve_device(device: Device | str, cuda_available: bool) -> str:
+    device = str(getattr(device, "value", device))
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return device

@@ -1,0 +1,74 @@
+"""Deterministic, resumable batches: the order depends only on (seed, epoch), never on RNG state.
+
+A checkpoint records (epoch, batch index); resuming rebuilds the same epoch order and skips
+the consumed batches without decoding them, so the resumed run sees exactly the batches the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    batch: int = 0  # batches of this epoch already consumed (by this rank)
+
+
+def epoch_batches(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """Index batches of one epoch for one rank: a seeded shuffle, sharded, incomplete tail dropped."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_samples, generator=generator).tolist()
+    per_rank = num_samples // world_size
+    shard = order[rank * per_rank : (rank + 1) * per_rank]
+    usable = len(shard) // batch_size * batch_size
+    return [shard[i : i + batch_size] for i in range(0, usable, batch_size)]
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "video": torch.stack([item["video"] for item in items]),
+        "prompt": [item["prompt"] for item in items],
+        "key": [item["key"] for item in items],
+    }
+
+
+class BatchStream:
+    """Endless iterator over (position_after, batch) that walks epochs in a fixed order."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, pin_memory: bool = False, start: DataPosition | None = None):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.position = start or DataPosition()
+        if len(dataset) // world_size < batch_size:
+            raise ValueError(
+                f"The dataset has {len(dataset)} usable samples, fewer than one batch per process "
+                f"(gpu.batch_size={batch_size} x {world_size} processes): lower gpu.batch_size or add data."
+            )
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            epoch = self.position.epoch
+            batches = epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch,
+                                    rank=self.rank, world_size=self.world_size)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            remaining = batches[self.position.batch:]
+            loader = DataLoader(self.dataset, batch_sampler=remaining, num_workers=self.num_workers,
+                                collate_fn=collate, pin_memory=self.pin_memory)
+            for batch in loader:
+                self.position = DataPosition(epoch, self.position.batch + 1)
+                yield batch
+            self.position = DataPosition(epoch + 1, 0)

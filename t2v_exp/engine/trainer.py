@@ -1,0 +1,255 @@
+"""The generic training loop. It knows the VideoModel protocol and nothing about any family."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from .. import config as config_schema
+from ..models import resolve_and_validate
+from ..models.common import mixed_precision_dtype
+from .batches import BatchStream, DataPosition
+from .checkpoint import (
+    TrainState,
+    find_resume_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .optim import build_lr_scheduler
+from .tracking import Tracker
+from .validation import generate_samples, validation_prompts
+
+log = logging.getLogger(__name__)
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """All randomness of one micro-batch (timesteps, noise, caption dropout) from its coordinates."""
+    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss_kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def apply_caption_dropout(prompts: list[str], probability: float, generator: torch.Generator) -> list[str]:
+    if probability <= 0:
+        return prompts
+    drop = torch.rand(len(prompts), generator=generator) < probability
+    return ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    # -- setup --------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        config_schema.validate(cfg)
+        # Locate the checkpoint and check geometry from JSON configs before any weights load.
+        model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+        device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
+        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+        self.accelerator = Accelerator(
+            mixed_precision=mixed, gradient_accumulation_steps=cfg.gpu.gradient_accumulation_steps,
+            cpu=device == "cpu", project_dir=str(self.run_dir),
+        )
+        if device == "cuda" and cfg.precision.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        set_seed(cfg.seed)
+        self.is_main = self.accelerator.is_main_process
+        self.dataset = instantiate(cfg.dataset, split="train", report_dir=str(self.run_dir))
+        self.model = model_cls(cfg.model, roots)
+        self.model.enable_memory_savers(
+            gradient_checkpointing=cfg.gpu.gradient_checkpointing, vae_slicing=cfg.gpu.vae_slicing,
+            vae_tiling=cfg.gpu.vae_tiling,
+        )
+        self.weight_dtype = mixed_precision_dtype(mixed)
+        frozen_device = "cpu" if cfg.gpu.cpu_offload else None
+        self.model.place(self.accelerator.device, self.weight_dtype, frozen_device)
+        counts = self.model.parameter_counts()
+        self.param_counts = {**counts, "trainable_pct": 100.0 * counts["trainable"] / max(1, counts["total"])}
+        log.info("Parameters: %s trainable of %s total (%.3f%%)", f"{counts['trainable']:,}",
+                 f"{counts['total']:,}", self.param_counts["trainable_pct"])
+        params = self.model.trainable_parameters()
+        self.optimizer = instantiate(cfg.optimizer, params=params, _convert_="all")
+        self.lr_scheduler = build_lr_scheduler(
+            self.optimizer, schedule=str(getattr(cfg.train.lr_schedule, "value", cfg.train.lr_schedule)),
+            warmup_steps=cfg.train.warmup_steps, max_steps=cfg.train.max_steps,
+        )
+        self.model.denoiser, self.optimizer = self.accelerator.prepare(self.model.denoiser, self.optimizer)
+        self.state = TrainState()
+        self.resumed_from = None
+        if cfg.resume:
+            self._resume(cfg.resume)
+        self.batches = BatchStream(
+            self.dataset, batch_size=cfg.gpu.batch_size, seed=cfg.seed, rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes, num_workers=cfg.gpu.num_workers,
+            pin_memory=cfg.gpu.pin_memory, start=DataPosition(self.state.epoch, self.state.batch_in_epoch),
+        )
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        self.tracker = Tracker(self.run_dir, logger_cfg=cfg.logger, config=container, enabled=self.is_main)
+        self.tracker.summary({"params/" + k: v for k, v in self.param_counts.items()})
+
+    def _resume(self, resume: str) -> None:
+        suffix = f"_{self.cfg.model.name}_{self.cfg.dataset.name}"
+        path = find_resume_checkpoint(str(resume), self.run_dir, suffix)
+        loaded = load_checkpoint(path)
+        self.model.load_trainable_state_dict(loaded.trainable)
+        self.optimizer.load_state_dict(loaded.optimizer)
+        self.lr_scheduler.load_state_dict(loaded.scheduler)
+        if loaded.scaler and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(loaded.scaler)
+        restore_rng_state(loaded.rng_meta, loaded.rng_tensors)
+        self.state = loaded.state
+        self.resumed_from = str(path)
+        log.info("Resumed from %s at step %d", path, self.state.step)
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _micro_step(self, batch: dict, micro: int) -> float:
+        cfg = self.cfg
+        device = self.accelerator.device
+        generator = step_generator(cfg.seed, self.state.step, micro, self.accelerator.process_index)
+        prompts = apply_caption_dropout(batch["prompt"], cfg.model.caption_dropout, generator)
+        with torch.no_grad():
+            latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
+            embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
+        with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast():
+            loss = self.model.training_loss(latents, embeds, generator)
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+                self.grad_norm = float(self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), max_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach().float().item()
+
+    def train_step(self, batch_iter) -> dict:
+        started = time.perf_counter()
+        losses = []
+        samples = 0
+        for micro in range(self.cfg.gpu.gradient_accumulation_steps):
+            batch = next(batch_iter)
+            samples += len(batch["prompt"]) * self.accelerator.num_processes
+            losses.append(self._micro_step(batch, micro))
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        self.state.step += 1
+        self.state.samples_seen += samples
+        position = self.batches.position
+        self.state.epoch, self.state.batch_in_epoch = position.epoch, position.batch
+        elapsed = time.perf_counter() - started
+        return {
+            "train/loss": float(np.mean(losses)), "train/lr": lr, "train/grad_norm": self.grad_norm,
+            "train/samples_per_s": samples / max(elapsed, 1e-9),
+            "train/peak_mem_mb": peak_memory_mb(self.accelerator.device), "train/epoch": self.state.epoch,
+        }
+
+    # -- periodic work ------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.is_main:
+            scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
+            path = save_checkpoint(
+                self.ckpt_root, state=self.state, trainable=self.model.trainable_state_dict(),
+                optimizer_state=self.optimizer.state_dict(), scheduler_state=self.lr_scheduler.state_dict(),
+                scaler_state=scaler, keep_last=self.cfg.train.keep_last,
+                extra={"model": self.cfg.model.name, "finetune": str(self.cfg.model.finetune.value)},
+            )
+            log.info("Saved %s", path)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def validate(self) -> None:
+        cfg = self.cfg.validation
+        if not cfg.enabled:
+            return
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            captions = self.dataset.captions() if hasattr(self.dataset, "captions") else []
+            prompts = validation_prompts(list(cfg.prompts), captions, cfg.num_videos)
+            out_dir = self.run_dir / "samples" / f"step-{self.state.step:06d}"
+            videos = generate_samples(
+                self.model, prompts, out_dir, num_inference_steps=cfg.num_inference_steps,
+                guidance_scale=cfg.guidance_scale, seed=cfg.seed, fps=self.cfg.model.fps,
+                autocast=self.accelerator.autocast,
+            )
+            self.tracker.log_videos(videos, step=self.state.step, fps=self.cfg.model.fps)
+            log.info("Wrote %d validation videos to %s", len(videos), out_dir)
+        self.accelerator.wait_for_everyone()
+
+    def export(self) -> Path:
+        out_dir = self.run_dir / "final"
+        if self.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.model.export(out_dir)
+        self.accelerator.wait_for_everyone()
+        return out_dir
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        self.grad_norm = float("nan")
+        batch_iter = iter(self.batches)
+        last = {}
+        progress = tqdm(total=cfg.max_steps, initial=self.state.step, desc="train", unit="step",
+                        disable=not self.is_main, dynamic_ncols=True)
+        while self.state.step < cfg.max_steps:
+            last = self.train_step(batch_iter)
+            progress.update(1)
+            progress.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}")
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                self.tracker.log(last, step=self.state.step)
+            done = self.state.step == cfg.max_steps
+            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0 and not done:
+                self.save()
+            if cfg.validate_every and self.state.step % cfg.validate_every == 0 and not done:
+                self.validate()
+        progress.close()
+        self.save()
+        self.validate()
+        final_dir = self.export()
+        summary = {"final_loss": last.get("train/loss"), "steps": self.state.step,
+                   "final_dir": str(final_dir), "resumed_from": self.resumed_from, **asdict(self.state)}
+        self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
+        return summary
+
+    def close(self, exit_code: int = 0) -> None:
+        tracker = getattr(self, "tracker", None)
+        if tracker is not None:
+            tracker.finish(exit_code=exit_code)
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> dict:
+    trainer = Trainer(cfg, run_dir)
+    exit_code = 1
+    try:
+        trainer.setup()
+        summary = trainer.fit()
+        exit_code = 0
+        return summary
+    finally:
+        # Always close the tracker so a multirun's next job never inherits a stale W&B run.
+        trainer.close(exit_code)
