@@ -125,6 +125,9 @@ class TrainLoopConfig:
     keep_last: int = 2
     validate_every: int = 0  # 0: only at the end
     evaluate_at_end: bool = False
+    # Stop this invocation after N steps (checkpoint saved; LR schedule still spans max_steps),
+    # e.g. to fit a cluster time slot; continue later with resume=latest. 0: run to max_steps.
+    stop_after_steps: int = 0
 
 
 @dataclass

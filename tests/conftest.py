@@ -52,6 +52,9 @@ def compose_train():
             with open_dict(cfg):
                 cfg.hydra.runtime.output_dir = str(run_dir)
         HydraConfig.instance().set_config(cfg)
+        # @hydra.main hands the job its config without the `hydra` node; do the same.
+        with open_dict(cfg):
+            del cfg["hydra"]
         return cfg
 
     yield _compose

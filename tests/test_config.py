@@ -30,8 +30,7 @@ def test_groups_have_the_documented_options():
 def test_every_model_precision_gpu_combination_composes(compose_train, tmp_path):
     for model, precision, gpu in itertools.product(MODELS, PRECISIONS, GPUS):
         cfg = compose_train([f"model={model}", f"precision={precision}", f"gpu={gpu}"], run_dir=tmp_path)
-        job_keys = [key for key in cfg if key != "hydra"]  # as @hydra.main hands it to the job
-        resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, job_keys), resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         assert resolved["model"]["name"] == model
         assert resolved["precision"]["mixed_precision"].value == {"fp32": "no"}.get(precision, precision)
         assert resolved["gpu"]["name"] == gpu

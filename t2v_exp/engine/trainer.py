@@ -216,7 +216,10 @@ class Trainer:
         last = {}
         progress = tqdm(total=cfg.max_steps, initial=self.state.step, desc="train", unit="step",
                         disable=not self.is_main, dynamic_ncols=True)
-        while self.state.step < cfg.max_steps:
+        stop_at = cfg.max_steps
+        if cfg.stop_after_steps:
+            stop_at = min(cfg.max_steps, self.state.step + cfg.stop_after_steps)
+        while self.state.step < stop_at:
             last = self.train_step(batch_iter)
             progress.update(1)
             progress.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}")
@@ -229,10 +232,16 @@ class Trainer:
                 self.validate()
         progress.close()
         self.save()
-        self.validate()
-        final_dir = self.export()
-        summary = {"final_loss": last.get("train/loss"), "steps": self.state.step,
-                   "final_dir": str(final_dir), "resumed_from": self.resumed_from, **asdict(self.state)}
+        finished = self.state.step >= cfg.max_steps
+        final_dir = None
+        if finished:
+            self.validate()
+            final_dir = str(self.export())
+        else:
+            log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
+                     self.state.step, cfg.max_steps)
+        summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
+                   "resumed_from": self.resumed_from, **asdict(self.state)}
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary
 

@@ -1,0 +1,46 @@
+"""Resume is exact: 6 steps straight == 3 steps, stop, resume, 3 more (losses and final weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t2v_exp.engine.trainer import run_training
+
+COMMON = ["train.max_steps=6", "train.checkpoint_every=3", "validation.enabled=false", "logger=none",
+          "train.warmup_steps=2", "dataset.num_videos=6"]
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows}
+
+
+@pytest.mark.parametrize("model", ["modelscope_tiny", "cogvideox_tiny"])
+def test_resumed_run_repeats_the_uninterrupted_one(model, compose_train, tmp_path):
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    run_training(compose_train([f"model={model}", *COMMON], run_dir=straight), straight)
+    summary = run_training(compose_train([f"model={model}", *COMMON, "train.stop_after_steps=3"], run_dir=first),
+                           first)
+    assert summary["step"] == 3 and not summary["finished"]
+    summary = run_training(compose_train([f"model={model}", *COMMON, f"resume={first}"], run_dir=second), second)
+    assert summary["resumed_from"].endswith("checkpoint-000003") and summary["step"] == 6
+
+    expected = losses(straight)
+    assert len(set(expected.values())) > 1  # the losses really change from step to step
+    assert losses(first) == {s: expected[s] for s in (1, 2, 3)}
+    assert losses(second) == {s: expected[s] for s in (4, 5, 6)}
+    a = load_file(straight / "checkpoints/checkpoint-000006/trainable.safetensors")
+    b = load_file(second / "checkpoints/checkpoint-000006/trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    initial = load_file(straight / "checkpoints/checkpoint-000003/trainable.safetensors")
+    assert any(not torch.equal(initial[k], a[k]) for k in a)  # training moved the weights
+
+
+def test_resume_latest_without_checkpoints_explains(compose_train, tmp_path):
+    run_dir = tmp_path / "outputs" / "2026_x_modelscope_tiny_shapes"
+    with pytest.raises(FileNotFoundError, match="resume=latest: no complete checkpoint"):
+        run_training(compose_train([*COMMON, "resume=latest"], run_dir=run_dir), run_dir)

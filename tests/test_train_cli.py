@@ -1,0 +1,65 @@
+"""The real entrypoint in a subprocess, for each tiny family: what a run dir must contain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import pytest
+from safetensors.torch import load_file
+
+from .conftest import FAMILIES, REPO
+
+
+def run_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_step_train_writes_the_run_dir(family, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(f"model={FAMILIES[family]}", "train.max_steps=2", "train.checkpoint_every=1",
+                       "validation.num_videos=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # metrics.jsonl: one record per step with the documented fields
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/peak_mem_mb"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    # checkpoints at every step, each complete
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-000001", "checkpoint-000002"]
+    state = json.loads((run_dir / "checkpoints/checkpoint-000002/state.json").read_text())
+    assert state["step"] == 2 and load_file(run_dir / "checkpoints/checkpoint-000002/trainable.safetensors")
+    # validation mp4s that decode to the configured geometry
+    videos = list((run_dir / "samples" / "step-000002").glob("*.mp4"))
+    assert len(videos) == 1
+    with av.open(str(videos[0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"name: {FAMILIES[family]}" in config
+    expected_frames = {"modelscope": 8, "cogvideox": 9, "animatediff": 8}[family]
+    assert len(frames) == expected_frames and frames[0].shape == (32, 32, 3)
+    # final LoRA in diffusers format, and an offline W&B run inside the run dir
+    assert load_file(run_dir / "final" / "pytorch_lora_weights.safetensors")
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params/trainable"] > 0 and 0 < summary["params/trainable_pct"] < 100
+
+
+def test_config_error_exits_nonzero_with_the_message(tmp_path):
+    result = run_train("model=cogvideox_tiny", "model.num_frames=10", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0
+    assert "model.num_frames=10 must be 4k+1" in result.stderr and "9 or 13" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_model_lists_choices(tmp_path):
+    result = run_train("model=cogvidex", f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode != 0 and "cogvideox_tiny" in result.stderr
