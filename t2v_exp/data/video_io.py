@@ -8,6 +8,7 @@ files correct.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -183,6 +184,8 @@ def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int,
             if last_start + 1e-6 >= span:
                 slack = max(0.0, last_start - span)
                 offset = rng.uniform(0.0, slack) if start == "random" and rng is not None else slack / 2
+                # Snap to the source frame grid so a stride of k frames picks every k-th frame.
+                offset = min(slack, math.floor(offset * fps + 1e-6) / fps)
                 times = [offset + k * step for k in range(num_frames)]
                 arrays = _decode_at_times(container, stream, times, tolerance=0.5 / fps)
             else:

@@ -53,6 +53,20 @@ def apply_caption_dropout(prompts: list[str], probability: float, generator: tor
     return ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
 
 
+def reset_single_process_accelerate_state() -> None:
+    """Let a second job in the same process choose its own precision.
+
+    accelerate keeps one AcceleratorState per process and refuses a different mixed precision
+    later (in-process sweeps, notebooks, tests). Outside a distributed launch nothing else
+    depends on that state, so it is safe to drop; under ``accelerate launch`` it is left alone.
+    """
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = cfg
@@ -70,6 +84,7 @@ class Trainer:
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
         mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+        reset_single_process_accelerate_state()
         self.accelerator = Accelerator(
             mixed_precision=mixed, gradient_accumulation_steps=cfg.gpu.gradient_accumulation_steps,
             cpu=device == "cpu", project_dir=str(self.run_dir),
