@@ -141,6 +141,20 @@ class ValidationConfig:
 
 
 @dataclass
+class EvalSettings:
+    """What to generate and how to score it (``evaluation.*`` in train.yaml, top level in evaluate.yaml)."""
+
+    metrics: list[str] = field(default_factory=lambda: ["temporal", "clip_score", "fvd", "inception_score"])
+    num_videos: int = 8
+    seed: int = 0  # video i is generated from seed + i: same prompts, same seeds across models
+    num_inference_steps: int = 25
+    guidance_scale: float = 6.0
+    split: str = "validation"  # dataset split for prompts and reference clips
+    prompts: str | None = None  # a .txt (one prompt per line) or .jsonl ({"prompt": ...}) file
+    metric_settings: dict[str, Any] = field(default_factory=dict)  # metric_settings.<metric>.<field>
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = "${oc.env:T2V_EXP_CACHE,${oc.env:HOME}/.cache/t2v_exp}"
     output_dir: str = "${hydra:runtime.output_dir}"
@@ -157,13 +171,30 @@ class TrainConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
     seed: int = 42
     resume: str | None = None  # "latest" or a checkpoint directory
+
+
+@dataclass
+class EvaluateConfig(EvalSettings):
+    model: ModelConfig = MISSING
+    dataset: Any = MISSING
+    precision: PrecisionConfig = MISSING
+    gpu: GpuConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str | None = None  # evaluate this training run (its model, weights and dataset)
+    checkpoint: str | None = None  # a specific checkpoint dir of run_dir (default: the newest)
+    videos: str | None = None  # score the mp4/webm files of this folder instead of generating
+    reference: str | None = None  # folder of reference videos (FVD) for videos=...
+    baseline: str | None = None  # an earlier eval dir: adds absolute and % change per metric
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     try:
         from .data.schemas import register_dataset_schemas
     except ImportError:  # the data package registers its own schemas once it exists
@@ -206,6 +237,26 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         raise ConfigError(f"gpu.num_workers={cfg.gpu.num_workers} must be >= 0")
     if cfg.logger.backend not in ("wandb", "none"):
         raise ConfigError(f"logger.backend={cfg.logger.backend} must be wandb or none")
+    device = resolve_device(cfg.gpu.device, cuda_available)
+    if device == "cuda" and not cuda_available:
+        raise ConfigError("gpu.device=cuda but no CUDA device is visible; use gpu=cpu (or gpu.device=cpu)")
+    if device == "cpu" and cfg.precision.mixed_precision == MixedPrecision.fp16:
+        raise ConfigError("precision=fp16 needs a CUDA GPU; on the CPU use precision=fp32 or precision=bf16")
+
+
+def validate_eval(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
+    """The subset of :func:`validate` that applies to generation-only evaluation."""
+    import torch
+
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    _positive("num_videos", cfg.num_videos, 8)
+    _positive("num_inference_steps", cfg.num_inference_steps, 25)
+    from .metrics.suite import METRIC_NAMES
+
+    unknown = [m for m in cfg.metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise ConfigError(f"metrics has unknown {unknown}; valid: {list(METRIC_NAMES)}")
     device = resolve_device(cfg.gpu.device, cuda_available)
     if device == "cuda" and not cuda_available:
         raise ConfigError("gpu.device=cuda but no CUDA device is visible; use gpu=cpu (or gpu.device=cpu)")

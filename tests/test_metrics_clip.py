@@ -77,7 +77,7 @@ def test_model_name_resolves_in_cache_dir_and_never_downloads(tmp_path):
     with pytest.raises(MissingWeightsError) as raised:
         load_clip(settings)
     assert str(tmp_path / "ViT-B-32.pt") in raised.value.reason
-    assert "metrics.clip_score.cache_dir" in raised.value.fix
+    assert "metric_settings.clip_score.cache_dir" in raised.value.fix
 
     # A file under the official name with the wrong content is refused (clip.load would re-download it).
     shutil.copy(clip_file(), tmp_path / "ViT-B-32.pt")
@@ -88,4 +88,4 @@ def test_model_name_resolves_in_cache_dir_and_never_downloads(tmp_path):
 def test_missing_checkpoint_path_names_the_model_setting(tmp_path):
     with pytest.raises(MissingWeightsError) as raised:
         load_clip(ClipScoreSettings(model=str(tmp_path / "my_clip.pt")))
-    assert raised.value.setting == "metrics.clip_score.model"
+    assert raised.value.setting == "metric_settings.clip_score.model"

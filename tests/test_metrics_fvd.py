@@ -71,7 +71,7 @@ def test_longer_videos_use_the_first_clip_frames_and_short_ones_fail_clearly():
     first16, _ = i3d_features(videos[:, :16], detector, settings())
     all20, _ = i3d_features(videos, detector, settings())
     torch.testing.assert_close(first16, all20)
-    with pytest.raises(ValueError, match="metrics.fvd.num_frames"):
+    with pytest.raises(ValueError, match="metric_settings.fvd.num_frames"):
         i3d_features(videos[:, :8], detector, settings())
 
 
@@ -107,8 +107,8 @@ def test_missing_detector_names_the_setting(tmp_path):
     missing = tmp_path / "nope.pt"
     with pytest.raises(MissingWeightsError) as raised:
         fvd(uint8_videos(2, height=8, width=8), uint8_videos(2, height=8, width=8), FVDSettings(detector_path=str(missing)))
-    assert raised.value.setting == "metrics.fvd.detector_path"
-    assert "metrics.fvd.detector_path" in raised.value.fix and str(missing) in raised.value.reason
+    assert raised.value.setting == "metric_settings.fvd.detector_path"
+    assert "metric_settings.fvd.detector_path" in raised.value.fix and str(missing) in raised.value.reason
 
 
 def test_wrong_checksum_is_refused():

@@ -73,5 +73,5 @@ def test_loads_local_state_dict_and_scores_frames():
 
 
 def test_missing_weights_name_the_setting(tmp_path):
-    with pytest.raises(MissingWeightsError, match="metrics.inception_score.weights_path"):
+    with pytest.raises(MissingWeightsError, match="metric_settings.inception_score.weights_path"):
         build_inception(str(tmp_path / "absent.pth"))

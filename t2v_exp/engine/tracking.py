@@ -93,6 +93,18 @@ class Tracker:
 
         self.run.log({f"samples/{k}": wandb.Video(str(p), format="mp4") for k, p in videos.items()}, step=step)
 
+    def log_table(self, key: str, rows: list[dict], *, video_dir: Path, video_column: str) -> None:
+        """A W&B table, one row per video, the video itself playable in the row."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        columns = ["video", *rows[0].keys()]
+        table = wandb.Table(columns=columns)
+        for row in rows:
+            table.add_data(wandb.Video(str(video_dir / row[video_column]), format="mp4"), *row.values())
+        self.run.log({key: table})
+
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:
             return

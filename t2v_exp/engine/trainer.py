@@ -27,7 +27,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .optim import build_lr_scheduler
-from .tracking import Tracker
+from .tracking import Tracker, redact
 from .validation import generate_samples, validation_prompts
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ class Trainer:
             pin_memory=cfg.gpu.pin_memory, start=DataPosition(self.state.epoch, self.state.batch_in_epoch),
         )
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        if self.is_main:  # the resolved config, read back by `t2v_exp.evaluate run_dir=...`
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(redact(container)))
         self.tracker = Tracker(self.run_dir, logger_cfg=cfg.logger, config=container, enabled=self.is_main)
         self.tracker.summary({"params/" + k: v for k, v in self.param_counts.items()})
 
@@ -215,6 +218,21 @@ class Trainer:
             log.info("Wrote %d validation videos to %s", len(videos), out_dir)
         self.accelerator.wait_for_everyone()
 
+    def evaluate(self) -> None:
+        """Score the fine-tuned model into ``<run dir>/eval``, logged into this run's tracker."""
+        from ..evaluation import evaluate_model
+
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            settings = self.cfg.evaluation
+            dataset = instantiate(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
+            description = {"mode": "run_dir", "model": self.cfg.model.name, "dataset": self.cfg.dataset.name,
+                           "checkpoint": str(self.ckpt_root / f"checkpoint-{self.state.step:06d}"),
+                           "finetuned": True, "seed": settings.seed}
+            evaluate_model(self.model, dataset, settings, self.run_dir / "eval", fps=self.cfg.model.fps,
+                           autocast=self.accelerator.autocast, description=description, tracker=self.tracker)
+        self.accelerator.wait_for_everyone()
+
     def export(self) -> Path:
         out_dir = self.run_dir / "final"
         if self.is_main:
@@ -252,6 +270,8 @@ class Trainer:
         if finished:
             self.validate()
             final_dir = str(self.export())
+            if cfg.evaluate_at_end:
+                self.evaluate()
         else:
             log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
                      self.state.step, cfg.max_steps)

@@ -60,7 +60,7 @@ class FVDSettings:
 def load_i3d(settings: FVDSettings):
     """(detector, record) from the local TorchScript file named by settings.detector_path."""
     path = require_weight_file(
-        os.path.expanduser(settings.detector_path), "metrics.fvd.detector_path", "I3D", settings.expected_sha256
+        os.path.expanduser(settings.detector_path), "metric_settings.fvd.detector_path", "I3D", settings.expected_sha256
     )
     return load_torchscript(path, settings.device), weight_file_record(path, DETECTOR_NAME)
 
@@ -72,7 +72,7 @@ def resize_frames(frames: torch.Tensor, resolution: int, mode: str, antialias: b
     elif mode == "short_side_center_crop":
         size = short_side_size(*frames.shape[-2:], resolution)
     else:
-        raise ValueError(f"metrics.fvd.resize_mode must be one of {RESIZE_MODES}, got '{mode}'")
+        raise ValueError(f"metric_settings.fvd.resize_mode must be one of {RESIZE_MODES}, got '{mode}'")
     frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=antialias)
     return center_crop(frames, resolution)
 
@@ -83,7 +83,7 @@ def clips_for_i3d(videos: torch.Tensor, settings: FVDSettings) -> torch.Tensor:
     if frames < settings.num_frames:
         raise ValueError(
             f"FVD clips need {settings.num_frames} frames, videos have {frames}; generate longer videos "
-            f"or set metrics.fvd.num_frames={frames} (scores are then not comparable with 16-frame FVD)"
+            f"or set metric_settings.fvd.num_frames={frames} (scores are then not comparable with 16-frame FVD)"
         )
     clips = videos[:, : settings.num_frames]
     if settings.quantize_uint8:
@@ -106,7 +106,7 @@ def i3d_features(videos: Any, detector: torch.nn.Module, settings: FVDSettings) 
         if features.ndim != 2 or features.shape[0] != clips.shape[0]:
             raise ValueError(
                 f"the detector returned shape {tuple(features.shape)} for {clips.shape[0]} clips; expected "
-                "[N, D] features (check metrics.fvd.call_kwargs, e.g. return_features=True)"
+                "[N, D] features (check metric_settings.fvd.call_kwargs, e.g. return_features=True)"
             )
         chunks.append(features.double().cpu())
     return torch.cat(chunks), dropped

@@ -74,7 +74,7 @@ def build_inception(weights_path: str, device: str = "cpu", expected_sha256: str
     from torchvision.models import inception_v3
 
     path = require_weight_file(
-        os.path.expanduser(weights_path), "metrics.inception_score.weights_path", "Inception-v3", expected_sha256
+        os.path.expanduser(weights_path), "metric_settings.inception_score.weights_path", "Inception-v3", expected_sha256
     )
     state_dict = load_state_dict_file(path)
     if "fc.weight" not in state_dict:

@@ -50,7 +50,7 @@ class MetricsSettings:
             valid = {item.name for item in fields(section_cls)}
             unknown = set(section_values) - valid
             if unknown:
-                raise ValueError(f"unknown key(s) metrics.{name}.{sorted(unknown)}; valid: {sorted(valid)}")
+                raise ValueError(f"unknown key(s) metric_settings.{name}.{sorted(unknown)}; valid: {sorted(valid)}")
             values[name] = section_cls(**section_values)
         return cls(**values)
 

@@ -1,0 +1,114 @@
+"""Evaluation entrypoint: ``python -m t2v_exp.evaluate run_dir=... | model=... | videos=DIR``.
+
+Compose -> pick the mode -> build (model or folder) -> score -> finish. Outputs land in Hydra's
+run dir: metrics.json, per_video.csv, videos/ and a W&B eval run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import config as config_schema
+from .config import register_configs
+from .errors import ConfigError
+from .evaluation import evaluate_model, folder_prompts, load_video_folder, score_and_report
+from .models.common import CheckpointNotAvailableError, mixed_precision_dtype
+
+log = logging.getLogger("t2v_exp.evaluate")
+USER_ERRORS = (ConfigError, CheckpointNotAvailableError, FileNotFoundError, ValueError)
+
+register_configs()
+
+
+def adopt_run_config(cfg: DictConfig) -> Path:
+    """Take model and dataset from the training run's saved config; return its checkpoint."""
+    from .engine.checkpoint import list_checkpoints
+
+    run_dir = Path(cfg.run_dir).expanduser()
+    saved = run_dir / "config.yaml"  # written by the trainer: resolved, secrets masked
+    if not saved.is_file():
+        raise FileNotFoundError(f"run_dir={run_dir}: no config.yaml (is this a t2v_exp training run dir?)")
+    run_cfg = OmegaConf.load(saved)
+    with open_dict(cfg):
+        # model is typed (same schema, every field saved): merge validates it; dataset is untyped
+        # at the top level, so it is replaced whole (a different dataset has different keys).
+        cfg.merge_with({"model": run_cfg.model})
+        cfg.dataset = run_cfg.dataset
+    if cfg.checkpoint:
+        return Path(cfg.checkpoint).expanduser()
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        raise FileNotFoundError(f"run_dir={run_dir}: no complete checkpoint under checkpoints/")
+    return checkpoints[-1]
+
+
+def autocast_for(device: str, mixed: str):
+    if mixed == "no":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device, dtype=mixed_precision_dtype(mixed))
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    from .engine.tracking import Tracker
+
+    settings = cfg  # the eval settings are the top-level keys (metrics, num_videos, seed, ...)
+    tracker = None
+    try:
+        if cfg.videos:
+            videos, names = load_video_folder(cfg.videos)
+            prompts = folder_prompts(cfg.videos, names, settings.prompts)
+            reference = load_video_folder(cfg.reference, num_frames=videos.shape[1])[0] if cfg.reference else None
+            container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            tracker = Tracker(out_dir, logger_cfg=cfg.logger, config=container, job_type="eval")
+            return score_and_report(out_dir, videos=videos, prompts=prompts, names=names, reference=reference,
+                                    settings=settings, description={"mode": "videos", "videos": str(cfg.videos)},
+                                    baseline=cfg.baseline, video_dir=Path(cfg.videos).expanduser(), tracker=tracker)
+        checkpoint = adopt_run_config(cfg) if cfg.run_dir else None
+        config_schema.validate_eval(cfg)
+        from safetensors.torch import load_file
+
+        from .models import resolve_and_validate
+
+        model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+        dataset = instantiate(cfg.dataset, split=settings.split, report_dir=str(out_dir))
+        device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
+        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+        model = model_cls(cfg.model, roots)
+        if checkpoint is not None:
+            model.load_trainable_state_dict(load_file(checkpoint / "trainable.safetensors"))
+            log.info("Loaded fine-tuned weights from %s", checkpoint)
+        model.place(torch.device(device), mixed_precision_dtype(mixed))
+        container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        tracker = Tracker(out_dir, logger_cfg=cfg.logger, config=container, job_type="eval")
+        description = {"mode": "run_dir" if checkpoint else "model", "model": cfg.model.name,
+                       "dataset": cfg.dataset.name, "checkpoint": str(checkpoint) if checkpoint else None,
+                       "finetuned": checkpoint is not None, "seed": settings.seed,
+                       "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale}
+        return evaluate_model(model, dataset, settings, out_dir, fps=cfg.model.fps, autocast=autocast_for(device, mixed),
+                              description=description, baseline=cfg.baseline, tracker=tracker)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        evaluate(cfg, out_dir)
+    except USER_ERRORS as exc:
+        log.error("%s", exc)
+        raise SystemExit(f"error: {exc}") from None
+    log.info("Wrote %s", out_dir / "metrics.json")
+
+
+if __name__ == "__main__":
+    main()
