@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors.torch import load_file
 
 from t2v_exp.engine.batches import epoch_batches
 from t2v_exp.engine.checkpoint import list_checkpoints
@@ -38,13 +39,20 @@ def test_bf16_keeps_trainable_weights_fp32_and_frozen_weights_bf16(compose_train
     assert summary["final_loss"] is not None and torch.isfinite(torch.tensor(summary["final_loss"]))
 
 
-def test_gradient_accumulation_counts_micro_batches(compose_train, tmp_path):
-    cfg = compose_train([*FAST, "gpu.batch_size=1", "gpu.gradient_accumulation_steps=2", "train.max_steps=2"],
-                        tmp_path)
-    summary = run_training(cfg, tmp_path)
-    assert summary["step"] == 2 and summary["samples_seen"] == 4 and summary["batch_in_epoch"] == 4
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+def test_gradient_accumulation_matches_the_large_batch(compose_train, tmp_path):
+    """batch 1 x 2 accumulation steps == batch 2: same samples, same per-sample noise, same update."""
+    accumulated, large = tmp_path / "accumulated", tmp_path / "large"
+    common = [*FAST, "train.max_steps=3", "optimizer.weight_decay=0", "train.max_grad_norm=0"]
+    summary = run_training(compose_train([*common, "gpu.batch_size=1", "gpu.gradient_accumulation_steps=2"],
+                                         accumulated), accumulated)
+    assert summary["step"] == 3 and summary["samples_seen"] == 6
+    run_training(compose_train([*common, "gpu.batch_size=2"], large), large)
+    a = load_file(accumulated / "checkpoints/checkpoint-000003/trainable.safetensors")
+    b = load_file(large / "checkpoints/checkpoint-000003/trainable.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    rows = [json.loads(line) for line in (accumulated / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
 
 
 def test_epoch_batches_are_deterministic_sharded_and_disjoint():
@@ -54,6 +62,9 @@ def test_epoch_batches_are_deterministic_sharded_and_disjoint():
     ranks = [epoch_batches(10, 2, seed=3, epoch=0, rank=r, world_size=2) for r in (0, 1)]
     flat = [i for rank in ranks for batch in rank for i in batch]
     assert len(flat) == len(set(flat)) == 8
+    # each global batch of the 2-process run is the matching batch of a 1-process run with batch 4
+    single = epoch_batches(10, 4, seed=3, epoch=0)
+    assert [r0 + r1 for r0, r1 in zip(*ranks, strict=True)] == single
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

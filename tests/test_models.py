@@ -28,7 +28,7 @@ def build(family: str, compose, *overrides: str):
 def loss_on(model, videos, prompts, seed: int = 0):
     latents = model.encode_videos(videos)
     embeds = model.encode_prompts(prompts)
-    return model.training_loss(latents, embeds, torch.Generator().manual_seed(seed))
+    return model.training_loss(latents, embeds, [torch.Generator().manual_seed(seed + i) for i in range(BATCH)])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -70,7 +70,7 @@ def fit_fixed_batch(model, cfg, *, lr: float, max_steps: int, target_ratio: floa
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
     first = last = None
     for step in range(1, max_steps + 1):  # noqa: B007 - returned below
-        loss = model.training_loss(latents, embeds, torch.Generator().manual_seed(0))
+        loss = model.training_loss(latents, embeds, [torch.Generator().manual_seed(i) for i in range(BATCH)])
         first = loss.item() if first is None else first
         last = loss.item()
         if last <= first * target_ratio:

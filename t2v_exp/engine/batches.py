@@ -22,13 +22,16 @@ class DataPosition:
 
 def epoch_batches(num_samples: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
                   world_size: int = 1) -> list[list[int]]:
-    """Index batches of one epoch for one rank: a seeded shuffle, sharded, incomplete tail dropped."""
+    """Index batches of one epoch for one rank: a seeded shuffle cut into global batches of
+    ``batch_size * world_size``; rank r takes the r-th slice of each. So N processes with batch
+    b see exactly the global batches one process with batch N*b sees. Incomplete tail dropped."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(num_samples, generator=generator).tolist()
-    per_rank = num_samples // world_size
-    shard = order[rank * per_rank : (rank + 1) * per_rank]
-    usable = len(shard) // batch_size * batch_size
-    return [shard[i : i + batch_size] for i in range(0, usable, batch_size)]
+    global_batch = batch_size * world_size
+    batches = []
+    for start in range(0, num_samples // global_batch * global_batch, global_batch):
+        batches.append(order[start + rank * batch_size : start + (rank + 1) * batch_size])
+    return batches
 
 
 def collate(items: list[dict]) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import resource
 import sys
@@ -33,10 +34,16 @@ from .validation import generate_samples, validation_prompts
 log = logging.getLogger(__name__)
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """All randomness of one micro-batch (timesteps, noise, caption dropout) from its coordinates."""
-    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+def sample_generators(seed: int, step: int, keys: list[str]) -> list[torch.Generator]:
+    """One generator per sample from (seed, step, sample key): timesteps, noise and caption
+    dropout then depend neither on RNG state nor on how the global batch is split over
+    processes or accumulation steps."""
+    generators = []
+    for key in keys:
+        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        state = np.random.SeedSequence([seed, step, key_hash]).generate_state(2, dtype=np.uint32)
+        generators.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
+    return generators
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -46,11 +53,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss_kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def apply_caption_dropout(prompts: list[str], probability: float, generator: torch.Generator) -> list[str]:
+def apply_caption_dropout(prompts: list[str], probability: float, generators: list[torch.Generator]) -> list[str]:
     if probability <= 0:
         return prompts
-    drop = torch.rand(len(prompts), generator=generator) < probability
-    return ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
+    drop = [torch.rand(1, generator=g).item() < probability for g in generators]
+    return ["" if d else p for p, d in zip(prompts, drop, strict=True)]
 
 
 def reset_single_process_accelerate_state() -> None:
@@ -148,13 +155,13 @@ class Trainer:
     def _micro_step(self, batch: dict, micro: int) -> float:
         cfg = self.cfg
         device = self.accelerator.device
-        generator = step_generator(cfg.seed, self.state.step, micro, self.accelerator.process_index)
-        prompts = apply_caption_dropout(batch["prompt"], cfg.model.caption_dropout, generator)
+        generators = sample_generators(cfg.seed, self.state.step, batch["key"])
+        prompts = apply_caption_dropout(batch["prompt"], cfg.model.caption_dropout, generators)
         with torch.no_grad():
             latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
             embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
         with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast():
-            loss = self.model.training_loss(latents, embeds, generator)
+            loss = self.model.training_loss(latents, embeds, generators)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
                 max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")

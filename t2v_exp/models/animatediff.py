@@ -105,11 +105,8 @@ class AnimateDiffModel:
     def encode_videos(self, videos):
         return common.encode_frames_with_image_vae(self.vae, videos)
 
-    def training_loss(self, latents, prompt_embeds, generator):
-        steps = common.sample_timesteps(self.train_scheduler.config.num_train_timesteps, latents.shape[0], generator)
-        steps = steps.to(latents.device)
-        noise = common.sample_noise(latents, generator)
-        noisy = self.train_scheduler.add_noise(latents, noise, steps)
+    def training_loss(self, latents, prompt_embeds, generators):
+        steps, noise, noisy = common.noised_latents(self.train_scheduler, latents, generators)
         # UNetMotionModel runs the SD UNet per frame; it expects one text context per frame
         # (diffusers' AnimateDiff pipeline repeats the prompt embeddings the same way).
         per_frame_text = prompt_embeds.repeat_interleave(latents.shape[2], dim=0)

@@ -111,11 +111,8 @@ class CogVideoXModel:
             shim, h * self.vae_scale_spatial, w * self.vae_scale_spatial, frames, latents.device
         )
 
-    def training_loss(self, latents, prompt_embeds, generator):
-        steps = common.sample_timesteps(self.scheduler.config.num_train_timesteps, latents.shape[0], generator)
-        steps = steps.to(latents.device)
-        noise = common.sample_noise(latents, generator)
-        noisy = self.scheduler.add_noise(latents, noise, steps)
+    def training_loss(self, latents, prompt_embeds, generators):
+        steps, noise, noisy = common.noised_latents(self.scheduler, latents, generators)
         prediction = self.denoiser(
             hidden_states=noisy, encoder_hidden_states=prompt_embeds, timestep=steps,
             image_rotary_emb=self.rotary_embeddings(latents), return_dict=False,

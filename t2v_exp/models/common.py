@@ -83,15 +83,29 @@ def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
-def sample_timesteps(num_train_timesteps: int, batch: int, generator: torch.Generator) -> torch.Tensor:
-    # Drawn on the CPU generator so a step's noise depends only on (seed, step), which is what
-    # makes a resumed run repeat an uninterrupted one bit for bit.
-    return torch.randint(0, num_train_timesteps, (batch,), generator=generator, dtype=torch.long)
+def sample_timesteps(num_train_timesteps: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """One timestep per sample, each from that sample's own CPU generator."""
+    return torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g, dtype=torch.long) for g in generators])
 
 
-def sample_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+def sample_noise(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """Per-sample Gaussian noise shaped like ``like``; sample i's noise comes from ``generators[i]``.
+
+    Per-sample generators keyed by (seed, step, sample) make the noise independent of how the
+    global batch is split across processes or accumulation steps, and of RNG state: a resumed,
+    a DDP and a single-process run all draw the same noise for the same sample.
+    """
+    if len(generators) != like.shape[0]:
+        raise ValueError(f"need one generator per sample: {len(generators)} for batch {like.shape[0]}")
+    noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators])
     return noise.to(device=like.device, dtype=like.dtype)
+
+
+def noised_latents(scheduler, latents: torch.Tensor, generators: list[torch.Generator]):
+    """(timesteps, noise, noisy latents) for one batch under ``scheduler``'s training schedule."""
+    steps = sample_timesteps(scheduler.config.num_train_timesteps, generators).to(latents.device)
+    noise = sample_noise(latents, generators)
+    return steps, noise, scheduler.add_noise(latents, noise, steps)
 
 
 def to_unit_range(frames: torch.Tensor) -> torch.Tensor:

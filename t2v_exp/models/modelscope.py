@@ -118,11 +118,8 @@ class ModelScopeModel:
     def encode_videos(self, videos):
         return common.encode_frames_with_image_vae(self.vae, videos)
 
-    def training_loss(self, latents, prompt_embeds, generator):
-        steps = common.sample_timesteps(self.train_scheduler.config.num_train_timesteps, latents.shape[0], generator)
-        steps = steps.to(latents.device)
-        noise = common.sample_noise(latents, generator)
-        noisy = self.train_scheduler.add_noise(latents, noise, steps)
+    def training_loss(self, latents, prompt_embeds, generators):
+        steps, noise, noisy = common.noised_latents(self.train_scheduler, latents, generators)
         prediction = self.denoiser(noisy, steps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
         return common.mse(prediction, common.prediction_target(self.train_scheduler, latents, noise, steps))
 

@@ -42,9 +42,9 @@ class VideoModel(Protocol):
         """Pixel videos ``[B, F, C, H, W]`` in [-1, 1] -> scaled latents in the family's layout."""
 
     def training_loss(
-        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator
+        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, generators: list[torch.Generator]
     ) -> torch.Tensor:
-        """Diffusion loss on one batch; all randomness (timesteps, noise) drawn from ``generator``."""
+        """Diffusion loss on one batch; sample i's timestep and noise come from ``generators[i]``."""
 
     def generate(
         self,
