@@ -125,6 +125,10 @@ class TrainLoopConfig:
     keep_last: int = 2
     validate_every: int = 0  # 0: only at the end
     evaluate_at_end: bool = False
+    evaluate_base: bool = False  # score the untouched base model into eval_base/ before step 1
+    # What the entrypoint returns (e.g. for the Optuna sweeper): "final_loss" or
+    # "<metric>/<score>" from the end-of-training evaluation, e.g. "temporal/temporal_ssim".
+    objective: str = "final_loss"
     # Stop this invocation after N steps (checkpoint saved; LR schedule still spans max_steps),
     # e.g. to fit a cluster time slot; continue later with resume=latest. 0: run to max_steps.
     stop_after_steps: int = 0

@@ -1,10 +1,12 @@
 """Training entrypoint: ``python -m t2v_exp.train [group=option ...] [key=value ...]``.
 
 Compose the config -> build the run -> train -> finish. Everything lands in Hydra's run dir.
+In a multirun, a failing job records its error in ``status.json`` and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -25,17 +27,41 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from .engine.trainer import run_training
+    from .sweep import JobStatus, is_multirun, pin_one_gpu_per_job
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    pinned = pin_one_gpu_per_job()  # before anything touches CUDA
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    status = JobStatus(run_dir, cfg)
     try:
+        from .engine.trainer import run_training
+
         summary = run_training(cfg, run_dir)
-    except USER_ERRORS as exc:
-        log.error("%s", exc)
-        raise SystemExit(f"error: {exc}") from None
+    except BaseException as exc:
+        status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc,
+                     {"gpu": pinned})
+        if is_multirun() and isinstance(exc, Exception):
+            log.error("Job failed (%s: %s); the sweep continues. Details: %s", type(exc).__name__, exc,
+                      status.path)
+            return None
+        if isinstance(exc, USER_ERRORS):
+            log.error("%s", exc)
+            raise SystemExit(f"error: {exc}") from None
+        raise
+    finally:
+        gc.collect()  # free the job's models before the next job of a sequential sweep
+        _empty_cuda_cache()
+    status.write("ok", extra={"final_loss": summary.get("final_loss"), "objective": summary.get("objective"),
+                              "gpu": pinned})
     log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
-    return summary.get("final_loss")
+    return summary.get("objective")
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ class Tracker:
     """Writes every logged record to ``metrics.jsonl`` and mirrors it to W&B when enabled."""
 
     def __init__(self, run_dir: Path, *, logger_cfg, config: dict, job_type: str = "train",
-                 enabled: bool = True):
+                 enabled: bool = True, extra_tags: list[str] | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.run = None
@@ -61,16 +61,16 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - lives for the run
         if logger_cfg.backend == "wandb" and str(getattr(logger_cfg.mode, "value", logger_cfg.mode)) != "disabled":
-            self.run = self._start_wandb(logger_cfg, redact(config), job_type)
+            self.run = self._start_wandb(logger_cfg, redact(config), job_type, extra_tags or [])
 
-    def _start_wandb(self, logger_cfg, config: dict, job_type: str):
+    def _start_wandb(self, logger_cfg, config: dict, job_type: str, extra_tags: list[str]):
         import wandb
 
         wandb_dir = self.run_dir  # W&B puts its own "wandb/" folder inside this directory
         mode = wandb_mode(str(getattr(logger_cfg.mode, "value", logger_cfg.mode)))
         run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
-            tags=list(logger_cfg.tags or []), name=logger_cfg.name or self.run_dir.name, job_type=job_type,
+            tags=list(dict.fromkeys([*(logger_cfg.tags or []), *extra_tags])), name=logger_cfg.name or self.run_dir.name, job_type=job_type,
             dir=str(wandb_dir), mode=mode, config=config, reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True),
         )

@@ -60,6 +60,18 @@ def apply_caption_dropout(prompts: list[str], probability: float, generators: li
     return ["" if d else p for p, d in zip(prompts, drop, strict=True)]
 
 
+def objective_value(objective: str, summary: dict, eval_report: dict | None) -> float | None:
+    """``final_loss`` or ``<metric>/<score>`` of the end-of-training evaluation."""
+    if objective == "final_loss":
+        return summary.get("final_loss")
+    metric, _, score = objective.partition("/")
+    entry = (eval_report or {}).get("metrics", {}).get(metric, {})
+    if entry.get("status") != "ok" or score not in entry:
+        raise ValueError(f"train.objective={objective}: no such score in the end-of-training evaluation "
+                         f"(set train.evaluate_at_end=true and include '{metric}' in evaluation.metrics)")
+    return float(entry[score])
+
+
 def reset_single_process_accelerate_state() -> None:
     """Let a second job in the same process choose its own precision.
 
@@ -134,7 +146,8 @@ class Trainer:
         if self.is_main:  # the resolved config, read back by `t2v_exp.evaluate run_dir=...`
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(redact(container)))
-        self.tracker = Tracker(self.run_dir, logger_cfg=cfg.logger, config=container, enabled=self.is_main)
+        self.tracker = Tracker(self.run_dir, logger_cfg=cfg.logger, config=container, enabled=self.is_main,
+                               extra_tags=[cfg.model.name, cfg.dataset.name])
         self.tracker.summary({"params/" + k: v for k, v in self.param_counts.items()})
 
     def _resume(self, resume: str) -> None:
@@ -225,20 +238,28 @@ class Trainer:
             log.info("Wrote %d validation videos to %s", len(videos), out_dir)
         self.accelerator.wait_for_everyone()
 
-    def evaluate(self) -> None:
-        """Score the fine-tuned model into ``<run dir>/eval``, logged into this run's tracker."""
+    def evaluate(self, *, base: bool = False) -> dict | None:
+        """Score the model into ``<run>/eval`` (fine-tuned, compared with ``eval_base`` when it
+        exists) or ``<run>/eval_base`` (before any step: LoRA is still a no-op, full weights untouched)."""
         from ..evaluation import evaluate_model
 
         self.accelerator.wait_for_everyone()
+        report = None
         if self.is_main:
             settings = self.cfg.evaluation
+            out_dir = self.run_dir / ("eval_base" if base else "eval")
+            baseline = self.run_dir / "eval_base"
             dataset = instantiate(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
-            description = {"mode": "run_dir", "model": self.cfg.model.name, "dataset": self.cfg.dataset.name,
-                           "checkpoint": str(self.ckpt_root / f"checkpoint-{self.state.step:06d}"),
-                           "finetuned": True, "seed": settings.seed}
-            evaluate_model(self.model, dataset, settings, self.run_dir / "eval", fps=self.cfg.model.fps,
-                           autocast=self.accelerator.autocast, description=description, tracker=self.tracker)
+            description = {"mode": "model" if base else "run_dir", "model": self.cfg.model.name,
+                           "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step,
+                           "seed": settings.seed}
+            report = evaluate_model(
+                self.model, dataset, settings, out_dir, fps=self.cfg.model.fps, autocast=self.accelerator.autocast,
+                description=description, tracker=self.tracker,
+                baseline=str(baseline) if not base and (baseline / "metrics.json").is_file() else None,
+            )
         self.accelerator.wait_for_everyone()
+        return report
 
     def export(self) -> Path:
         out_dir = self.run_dir / "final"
@@ -252,8 +273,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg.train
         self.grad_norm = float("nan")
+        self.eval_report = None
         batch_iter = iter(self.batches)
         last = {}
+        if self.cfg.train.evaluate_base and self.state.step == 0:
+            self.evaluate(base=True)
         progress = tqdm(total=cfg.max_steps, initial=self.state.step, desc="train", unit="step",
                         disable=not self.is_main, dynamic_ncols=True)
         stop_at = cfg.max_steps
@@ -278,12 +302,13 @@ class Trainer:
             self.validate()
             final_dir = str(self.export())
             if cfg.evaluate_at_end:
-                self.evaluate()
+                self.eval_report = self.evaluate()
         else:
             log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
                      self.state.step, cfg.max_steps)
         summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
                    "resumed_from": self.resumed_from, **asdict(self.state)}
+        summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary
 
