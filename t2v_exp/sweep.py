@@ -73,6 +73,8 @@ class JobStatus:
     def write(self, status: str, error: BaseException | None = None, extra: dict[str, Any] | None = None) -> None:
         import torch
 
+        if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch only rank 0 reports
+            return
         wall = time.time() - self.started
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     from .sweep import JobStatus, is_multirun, pin_one_gpu_per_job
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_non_main_ranks()
     pinned = pin_one_gpu_per_job()  # before anything touches CUDA
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     status = JobStatus(run_dir, cfg)
@@ -55,6 +56,17 @@ def main(cfg: DictConfig) -> float | None:
                               "gpu": pinned})
     log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
     return summary.get("objective")
+
+
+def quiet_non_main_ranks() -> None:
+    """Under ``accelerate launch`` only rank 0 writes the run's log file; others log warnings only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def _empty_cuda_cache() -> None:

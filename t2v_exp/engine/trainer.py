@@ -197,9 +197,12 @@ class Trainer:
         self.state.samples_seen += samples
         position = self.batches.position
         self.state.epoch, self.state.batch_in_epoch = position.epoch, position.batch
+        # The logged loss is the global batch's: averaged over processes, not rank 0's share.
+        loss = torch.tensor(float(np.mean(losses)), device=self.accelerator.device)
+        loss = float(self.accelerator.reduce(loss, reduction="mean")) if self.accelerator.num_processes > 1 else float(loss)
         elapsed = time.perf_counter() - started
         return {
-            "train/loss": float(np.mean(losses)), "train/lr": lr, "train/grad_norm": self.grad_norm,
+            "train/loss": loss, "train/lr": lr, "train/grad_norm": self.grad_norm,
             "train/samples_per_s": samples / max(elapsed, 1e-9),
             "train/peak_mem_mb": peak_memory_mb(self.accelerator.device), "train/epoch": self.state.epoch,
         }
