@@ -1,0 +1,105 @@
+"""The comparison as one sweep: presets compose, the tiny sweep runs for real, failures stay contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from .conftest import CONF_DIR, REPO
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_seed_study_presets_and_tiny_twins_exist():
+    for name in ("modelscope_ssv2", "cogvideox_ubc_fashion", "animatediff_anime"):
+        assert name in EXPERIMENTS and f"{name}_tiny" in EXPERIMENTS
+        first = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1]
+        assert first.startswith(f"# python -m t2v_exp.train experiment={name}")  # opens with its command
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment, compose_train, tmp_path):
+    cfg = compose_train([f"experiment={experiment}"], run_dir=tmp_path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    family = experiment.split("_")[0]
+    assert resolved["model"]["family"] == family
+    assert resolved["train"]["evaluate_base"] and resolved["train"]["evaluate_at_end"]
+    if experiment.endswith("_tiny"):
+        assert resolved["model"]["name"].endswith("_tiny") and resolved["dataset"]["name"] == "shapes"
+    else:
+        assert resolved["precision"]["mixed_precision"].value == "bf16"
+    if experiment == "cogvideox_ubc_fashion":
+        assert (resolved["model"]["num_frames"], resolved["model"]["lora"]["rank"]) == (49, 64)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["sweep=compare_models"], ["sweep=compare_models_tiny"], ["hparams_search=optuna_lr_rank"],
+    ["hydra/launcher=slurm"], ["hydra/launcher=local_parallel"], ["hydra/launcher=submitit_local"],
+])
+def test_sweeps_and_launchers_compose_without_slurm(overrides, compose_train):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    compose_train([])  # registers the schemas
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    if overrides[0].startswith("hydra/launcher=slurm"):
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
+        assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    if overrides[0].startswith("sweep="):
+        assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+        assert len(cfg.hydra.sweeper.params.experiment.split(",")) == 3
+
+
+def run_sweep(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *overrides], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=6",
+                       "evaluation.num_videos=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert [j.name for j in jobs] == ["0_modelscope_tiny_shapes", "1_cogvideox_tiny_shapes",
+                                      "2_animatediff_tiny_shapes"]
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "ok"
+        base = json.loads((job / "eval_base" / "metrics.json").read_text())
+        tuned = json.loads((job / "eval" / "metrics.json").read_text())
+        assert not base["finetuned"] and tuned["finetuned"]
+        assert tuned["metrics"]["temporal"]["status"] == "ok" and tuned["metrics"]["shapes_oracle"]["status"] == "ok"
+        assert "temporal_ssim" in tuned["comparison"]["temporal"]
+        assert sorted(p.name for p in (job / "eval" / "videos").iterdir()) == \
+            sorted(p.name for p in (job / "eval_base" / "videos").iterdir())
+        wandb_config = (job / "config.yaml").read_text()
+        assert "group: compare_models_tiny" in wandb_config
+    report = (sweep_dir / "report.md").read_text()
+    for name in ("modelscope_tiny", "cogvideox_tiny", "animatediff_tiny"):
+        assert name in report
+    html = (sweep_dir / "report.html").read_text()
+    assert html.count("<video") >= 6
+    assert (sweep_dir / "loss_curves.png").stat().st_size > 0
+
+
+def test_a_failing_job_leaves_the_others_and_the_report_intact(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # 10 frames is fine for ModelScope but not 4k+1 for CogVideoX: only that job fails.
+    result = run_sweep("-m", "experiment=cogvideox_ubc_fashion_tiny,modelscope_ssv2_tiny", "model.num_frames=10",
+                       "train.max_steps=3", "evaluation.num_videos=2", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = json.loads((sweep_dir / "0_cogvideox_tiny_shapes" / "status.json").read_text())
+    ok = json.loads((sweep_dir / "1_modelscope_tiny_shapes" / "status.json").read_text())
+    assert failed["status"] == "failed" and "4k+1" in failed["error"] and failed["traceback"]
+    assert ok["status"] == "ok" and (sweep_dir / "1_modelscope_tiny_shapes" / "eval" / "metrics.json").is_file()
+    report = (sweep_dir / "report.md").read_text()
+    failed_rows = [line for line in report.splitlines() if "cogvideox_tiny" in line]
+    assert failed_rows and any("fail" in line.lower() for line in failed_rows)
