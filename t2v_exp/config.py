@@ -40,6 +40,11 @@ class LrSchedule(str, Enum):
     cosine = "cosine"
 
 
+class NonFinitePolicy(str, Enum):
+    skip = "skip"  # skip the update, count it, stop after max_nonfinite_in_a_row in a row
+    stop = "stop"  # stop at the first non-finite step
+
+
 class WandbMode(str, Enum):
     auto = "auto"  # online when logged in, else offline
     online = "online"
@@ -132,6 +137,8 @@ class TrainLoopConfig:
     # Stop this invocation after N steps (checkpoint saved; LR schedule still spans max_steps),
     # e.g. to fit a cluster time slot; continue later with resume=latest. 0: run to max_steps.
     stop_after_steps: int = 0
+    nonfinite: NonFinitePolicy = NonFinitePolicy.skip
+    max_nonfinite_in_a_row: int = 5
 
 
 @dataclass

@@ -22,6 +22,12 @@ from .models.common import CheckpointNotAvailableError
 log = logging.getLogger("t2v_exp.train")
 USER_ERRORS = (ConfigError, CheckpointNotAvailableError, FileNotFoundError)
 
+
+def _user_errors():
+    from .engine.trainer import NonFiniteLossError
+
+    return (*USER_ERRORS, NonFiniteLossError)
+
 register_configs()
 
 
@@ -41,11 +47,15 @@ def main(cfg: DictConfig) -> float | None:
     except BaseException as exc:
         status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc,
                      {"gpu": pinned})
+        signum = getattr(exc, "signum", None)
+        if signum is not None:  # preempted: the checkpoint is saved; exit like the signal would
+            log.warning("%s", exc)
+            raise SystemExit(128 + signum) from None
         if is_multirun() and isinstance(exc, Exception):
             log.error("Job failed (%s: %s); the sweep continues. Details: %s", type(exc).__name__, exc,
                       status.path)
             return None
-        if isinstance(exc, USER_ERRORS):
+        if isinstance(exc, _user_errors()):
             log.error("%s", exc)
             raise SystemExit(f"error: {exc}") from None
         raise

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import math
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -72,6 +76,32 @@ def objective_value(objective: str, summary: dict, eval_report: dict | None) -> 
     return float(entry[score])
 
 
+@contextlib.contextmanager
+def stop_signals():
+    """Record SIGTERM/SIGINT (cluster preemption, Ctrl-C) instead of dying mid-step.
+
+    Yields a list that receives the signal number; the loop checks it after each step, saves a
+    checkpoint and stops. A second signal while saving falls back to the default behaviour.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, _frame):
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def reset_single_process_accelerate_state() -> None:
     """Let a second job in the same process choose its own precision.
 
@@ -84,6 +114,19 @@ def reset_single_process_accelerate_state() -> None:
     if PartialState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was saved first."""
+
+    def __init__(self, signum: int, checkpoint):
+        super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced too many non-finite losses or gradients in a row."""
 
 
 class Trainer:
@@ -175,13 +218,22 @@ class Trainer:
             embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
         with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast():
             loss = self.model.training_loss(latents, embeds, generators)
+            # Always backward, even on a NaN loss: every DDP rank must join the all-reduce; the
+            # non-finite gradient norm then tells all ranks alike to skip the update.
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients:
-                max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
-                self.grad_norm = float(self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), max_norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                self._apply_update()
         return loss.detach().float().item()
+
+    def _apply_update(self) -> None:
+        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        self.grad_norm = float(self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), max_norm))
+        self.update_skipped = not math.isfinite(self.grad_norm)
+        # With fp16 loss scaling the scaler itself skips overflowing steps and must see them to
+        # lower its scale; without a scaler a non-finite step is simply not applied.
+        if not self.update_skipped or self.accelerator.scaler is not None:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, batch_iter) -> dict:
         started = time.perf_counter()
@@ -200,12 +252,33 @@ class Trainer:
         # The logged loss is the global batch's: averaged over processes, not rank 0's share.
         loss = torch.tensor(float(np.mean(losses)), device=self.accelerator.device)
         loss = float(self.accelerator.reduce(loss, reduction="mean")) if self.accelerator.num_processes > 1 else float(loss)
+        self._check_finite(loss)
         elapsed = time.perf_counter() - started
         return {
             "train/loss": loss, "train/lr": lr, "train/grad_norm": self.grad_norm,
             "train/samples_per_s": samples / max(elapsed, 1e-9),
             "train/peak_mem_mb": peak_memory_mb(self.accelerator.device), "train/epoch": self.state.epoch,
+            "train/skipped_nonfinite": self.state.skipped_nonfinite,
         }
+
+    def _check_finite(self, loss: float) -> None:
+        """Count non-finite steps; stop after too many in a row (the last good checkpoint stays)."""
+        scaler_overflow = self.accelerator.scaler is not None and math.isfinite(loss)
+        if math.isfinite(loss) and (not self.update_skipped or scaler_overflow):
+            self.nonfinite_in_a_row = 0
+            return
+        self.state.skipped_nonfinite += 1
+        self.nonfinite_in_a_row += 1
+        policy = self.cfg.train.nonfinite
+        log.warning("Step %d: non-finite loss (%s) or gradient norm (%s); update skipped (%d in a row)",
+                    self.state.step, loss, self.grad_norm, self.nonfinite_in_a_row)
+        if policy == "stop" or self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_in_a_row:
+            raise NonFiniteLossError(
+                f"Stopped at step {self.state.step}: {self.nonfinite_in_a_row} non-finite step(s) in a row "
+                f"(train.nonfinite={policy}, train.max_nonfinite_in_a_row={self.cfg.train.max_nonfinite_in_a_row}). "
+                f"The last good checkpoint is kept in {self.ckpt_root}; lower optimizer.lr, check the data, "
+                f"or use precision=bf16/fp32."
+            )
 
     # -- periodic work ------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -276,6 +349,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg.train
         self.grad_norm = float("nan")
+        self.update_skipped = False
+        self.nonfinite_in_a_row = 0
         self.eval_report = None
         batch_iter = iter(self.batches)
         last = {}
@@ -286,17 +361,16 @@ class Trainer:
         stop_at = cfg.max_steps
         if cfg.stop_after_steps:
             stop_at = min(cfg.max_steps, self.state.step + cfg.stop_after_steps)
-        while self.state.step < stop_at:
-            last = self.train_step(batch_iter)
-            progress.update(1)
-            progress.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}")
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
-                self.tracker.log(last, step=self.state.step)
-            done = self.state.step == cfg.max_steps
-            if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0 and not done:
-                self.save()
-            if cfg.validate_every and self.state.step % cfg.validate_every == 0 and not done:
-                self.validate()
+        with stop_signals() as received:
+            while self.state.step < stop_at:
+                last = self.train_step(batch_iter)
+                self._after_step(last, progress, stop_at)
+                if received:
+                    progress.close()
+                    path = self.save()
+                    log.warning("Signal %d: saved %s at step %d; continue with resume=latest",
+                                received[0], path, self.state.step)
+                    raise TrainingInterrupted(received[0], path)
         progress.close()
         self.save()
         finished = self.state.step >= cfg.max_steps
@@ -314,6 +388,18 @@ class Trainer:
         summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary
+
+    def _after_step(self, last: dict, progress, stop_at: int) -> None:
+        cfg = self.cfg.train
+        progress.update(1)
+        progress.set_postfix(loss=f"{last['train/loss']:.4f}", lr=f"{last['train/lr']:.2e}")
+        if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+            self.tracker.log(last, step=self.state.step)
+        done = self.state.step == stop_at  # the final save/validation follow the loop
+        if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0 and not done:
+            self.save()
+        if cfg.validate_every and self.state.step % cfg.validate_every == 0 and not done:
+            self.validate()
 
     def close(self, exit_code: int = 0) -> None:
         tracker = getattr(self, "tracker", None)

@@ -1,0 +1,32 @@
+"""Datasets that inject faults for real (used through the config's `_target_`)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class PoisonedClips(Dataset):
+    """Random in-memory clips whose pixels are NaN during the epochs listed in ``nan_epochs``."""
+
+    def __init__(self, *, num_videos: int, num_frames: int, height: int, width: int, nan_epochs: list[int],
+                 split: str = "train", report_dir: str | None = None, **_ignored):
+        generator = torch.Generator().manual_seed(0)
+        self.videos = torch.rand(num_videos, num_frames, 3, height, width, generator=generator) * 2 - 1
+        self.nan_epochs = set(nan_epochs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.videos[index].clone()
+        if self.epoch in self.nan_epochs:
+            video.fill_(float("nan"))
+        return {"video": video, "prompt": f"clip {index}", "key": f"clip-{index}"}
+
+    def captions(self) -> list[str]:
+        return [f"clip {i}" for i in range(len(self))]

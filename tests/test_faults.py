@@ -1,0 +1,84 @@
+"""Fault injection: NaN batches, SIGTERM mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from safetensors.torch import load_file
+
+from t2v_exp.engine.checkpoint import list_checkpoints
+from t2v_exp.engine.trainer import NonFiniteLossError, run_training
+
+from .conftest import REPO
+
+FAST = ["validation.enabled=false", "logger=none", "train.warmup_steps=0"]
+
+
+def poisoned(cfg, nan_epochs: list[int]):
+    with open_dict(cfg):
+        cfg.dataset = OmegaConf.create({
+            "_target_": "tests.faults.PoisonedClips", "name": "poisoned", "num_videos": 4,
+            "num_frames": cfg.model.num_frames, "height": cfg.model.height, "width": cfg.model.width,
+            "nan_epochs": nan_epochs,
+        })
+    return cfg
+
+
+def test_nan_steps_are_skipped_counted_and_training_continues(compose_train, tmp_path):
+    # 4 clips, batch 2: epoch 1 = steps 3-4 are NaN, then clean data again
+    cfg = poisoned(compose_train([*FAST, "train.max_steps=8"], tmp_path), nan_epochs=[1])
+    summary = run_training(cfg, tmp_path)
+    assert summary["step"] == 8 and summary["skipped_nonfinite"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] is None for r in rows] == [False, False, True, True, False, False, False, False]
+    weights = load_file(tmp_path / "checkpoints/checkpoint-000008/trainable.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_too_many_nan_steps_stop_and_keep_the_last_good_checkpoint(compose_train, tmp_path):
+    cfg = poisoned(compose_train([*FAST, "train.max_steps=20", "train.checkpoint_every=2",
+                                  "train.max_nonfinite_in_a_row=3"], tmp_path), nan_epochs=[1, 2, 3])
+    with pytest.raises(NonFiniteLossError, match="3 non-finite step"):
+        run_training(cfg, tmp_path)
+    kept = list_checkpoints(tmp_path / "checkpoints")
+    assert kept and kept[-1].name == "checkpoint-000004"  # skipped steps never changed the weights
+    good = load_file(kept[-1] / "trainable.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())
+    if len(kept) > 1:
+        before = load_file(kept[-2] / "trainable.safetensors")
+        assert all(torch.equal(before[k], good[k]) for k in good)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(tmp_path):
+    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=60", "train.checkpoint_every=0"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=600)
+    proc = subprocess.Popen([*common, f"hydra.run.dir={interrupted}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = interrupted / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    saved = list_checkpoints(interrupted / "checkpoints")
+    assert saved and 5 <= int(saved[-1].name.split("-")[1]) < 60
+    assert json.loads((interrupted / "status.json").read_text())["status"] == "interrupted"
+    resumed = tmp_path / "resumed"
+    subprocess.run([*common, f"resume={interrupted}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = load_file(straight / "checkpoints/checkpoint-000060/trainable.safetensors")
+    b = load_file(resumed / "checkpoints/checkpoint-000060/trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
