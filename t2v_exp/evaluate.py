@@ -13,11 +13,11 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import config as config_schema
 from .config import register_configs
+from .engine.batches import instantiate_dataset
 from .errors import ConfigError
 from .evaluation import evaluate_model, folder_prompts, load_video_folder, score_and_report
 from .models.common import CheckpointNotAvailableError, mixed_precision_dtype
@@ -78,7 +78,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         from .models import resolve_and_validate
 
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
-        dataset = instantiate(cfg.dataset, split=settings.split, report_dir=str(out_dir))
+        dataset = instantiate_dataset(cfg.dataset, split=settings.split, report_dir=str(out_dir))
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
         mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
         model = model_cls(cfg.model, roots)

@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> float | None:
         from .engine.trainer import run_training
 
         summary = run_training(cfg, run_dir)
-    except BaseException as exc:
+    except BaseException as raised:
+        exc = user_facing(raised)
         status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc,
                      {"gpu": pinned})
         signum = getattr(exc, "signum", None)
@@ -66,6 +67,15 @@ def main(cfg: DictConfig) -> float | None:
                               "gpu": pinned})
     log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
     return summary.get("objective")
+
+
+def user_facing(exc: BaseException) -> BaseException:
+    """Hydra wraps errors raised in a ``_target_`` constructor; report the dataset's own error."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException) and isinstance(exc.__cause__, ValueError):
+        return exc.__cause__
+    return exc
 
 
 def quiet_non_main_ranks() -> None:

@@ -1,26 +1,49 @@
-"""Torch datasets of (video clip, caption). Every item's randomness comes from (seed, epoch, index)."""
+"""Torch datasets of (video clip, caption). Every item's randomness comes from (seed, epoch, index).
+
+``ClipDataset`` reads a list of samples; ``IndexedClipDataset`` first screens them through the
+media index (unreadable, truncated, too-short files and missing captions are reported and left
+out) and is the base of every real-data set (video_folder, ssv2, ubc_fashion, msrvtt).
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from .bad_data import BadSampleReport
+from .index import IndexEntry, VideoIndex, index_file_for
 from .shapes import generate_shapes, read_metadata
-from .video_io import read_clip
+from .sources import Problem, Sample
+from .video_io import VideoDecodeError, read_clip, resize_and_crop
 
 log = logging.getLogger(__name__)
 TRAIN_SPLITS = ("train",)
+# A decode failure during training is replaced by another sample; after this many failed
+# replacements in a row something is wrong with the whole data set, and we stop.
+MAX_REPLACEMENT_TRIES = 16
+
+__all__ = ["ClipDataset", "IndexedClipDataset", "Sample", "ShapesDataset", "read_image_clip"]
 
 
-@dataclass
-class Sample:
-    path: str
-    captions: list[str]
-    key: str
-    extra: dict = field(default_factory=dict)
+def read_image_clip(path: str, num_frames: int, height: int, width: int, *, center: bool = True,
+                    rng: random.Random | None = None, hflip: bool = False) -> torch.Tensor:
+    """A still image as a clip: the one frame repeated ``num_frames`` times -> [F, C, H, W] in [-1, 1]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise VideoDecodeError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    frame = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float()
+    frame = resize_and_crop(frame, height, width, center=center, rng=rng)
+    if hflip:
+        frame = frame.flip(-1)
+    return (frame / 127.5 - 1.0).expand(num_frames, -1, -1, -1).contiguous()
 
 
 class ClipDataset(Dataset):
@@ -28,8 +51,12 @@ class ClipDataset(Dataset):
 
     def __init__(self, samples: list[Sample], *, num_frames: int, height: int, width: int, seed: int,
                  split: str = "train", frame_stride: int = 1, target_fps: float | None = None,
-                 hflip: bool = False, short_clip: str = "loop"):
+                 hflip: bool = False, short_clip: str = "loop", report_dir: str | None = None,
+                 name: str = "dataset", bad_report: BadSampleReport | None = None):
         self.samples = samples
+        self.name = name
+        self.bad_report = bad_report or BadSampleReport(report_dir, dataset=name, split=split)
+        self._failed: set[int] = set()  # this process's indices that failed to decode
         self.num_frames, self.height, self.width = num_frames, height, width
         self.seed = seed
         self.split = split
@@ -49,14 +76,43 @@ class ClipDataset(Dataset):
         return random.Random(f"{self.seed}/{self.epoch}/{index}")
 
     def __getitem__(self, index: int) -> dict:
+        try:
+            return self._load(index)
+        except VideoDecodeError as exc:
+            self._record_failure(index, exc)
+        # Deterministic replacement: the candidates depend only on (seed, epoch, index), and
+        # skipping known-bad ones changes nothing, since they would fail again.
+        picker = random.Random(f"{self.seed}/{self.epoch}/{index}/replacement")
+        for _ in range(MAX_REPLACEMENT_TRIES):
+            other = picker.randrange(len(self.samples))
+            if other == index or other in self._failed:
+                continue
+            try:
+                return self._load(other)
+            except VideoDecodeError as exc:
+                self._record_failure(other, exc)
+        raise VideoDecodeError(self.samples[index].path,
+                               f"unreadable, and {MAX_REPLACEMENT_TRIES} replacement samples failed too")
+
+    def _record_failure(self, index: int, exc: VideoDecodeError) -> None:
+        if index not in self._failed:
+            self._failed.add(index)
+            self.bad_report.add(self.samples[index].path, exc.reason, phase="training")
+
+    def _load(self, index: int) -> dict:
         sample = self.samples[index]
         training = self.split in TRAIN_SPLITS
         rng = self.item_rng(index)
-        video = read_clip(
-            sample.path, self.num_frames, self.height, self.width, frame_stride=self.frame_stride,
-            target_fps=self.target_fps, start="random" if training else "center", rng=rng,
-            hflip=training and self.hflip and rng.random() < 0.5, short_clip=self.short_clip,
-        )
+        flip = training and self.hflip and rng.random() < 0.5
+        if sample.extra.get("kind") == "image":
+            video = read_image_clip(sample.path, self.num_frames, self.height, self.width, center=not training,
+                                    rng=rng, hflip=flip)
+        else:
+            video = read_clip(
+                sample.path, self.num_frames, self.height, self.width, frame_stride=self.frame_stride,
+                target_fps=self.target_fps, start="random" if training else "center", rng=rng,
+                hflip=flip, short_clip=self.short_clip,
+            )
         prompt = rng.choice(sample.captions) if training else sample.captions[0]
         return {"video": video, "prompt": prompt, "key": sample.key}
 
@@ -77,6 +133,68 @@ class ShapesDataset(ClipDataset):
         records = read_metadata(directory)
         samples = [Sample(str(directory / r["file"]), [r["caption"]], r["file"], r) for r in records]
         # hflip stays off: mirroring would contradict "moving left" captions.
-        super().__init__(samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split)
+        super().__init__(samples, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
+                         report_dir=report_dir, name=name)
         self.directory = directory
         self.report_dir = report_dir
+
+
+def clip_fits(entry: IndexEntry, num_frames: int, frame_stride: int, target_fps: float | None) -> bool:
+    """Whether ``read_clip`` can take the clip without looping (same rule as read_clip's)."""
+    source_fps = entry.fps or 25.0
+    step = 1.0 / target_fps if target_fps else frame_stride / source_fps
+    return entry.duration - 1.0 / source_fps + 1e-6 >= (num_frames - 1) * step
+
+
+class IndexedClipDataset(ClipDataset):
+    """Samples screened through the media index before use; the base of every real-data set.
+
+    ``frame_stride=None`` samples at ``fps`` frames per second whatever the source rate (what
+    the model was trained at); an integer takes every k-th source frame instead. Files shorter
+    than the clip are left out when ``short_clip="skip"``, looped or padded otherwise.
+    """
+
+    def __init__(self, samples: list[Sample], problems: list[Problem], *, name: str, root: str, num_frames: int,
+                 height: int, width: int, fps: float, seed: int, split: str = "train",
+                 report_dir: str | None = None, index_dir: str | None = None, max_bad_fraction: float = 0.2,
+                 frame_stride: int | None = None, hflip: bool = False, short_clip: str = "skip",
+                 allow_images: bool = False):
+        if short_clip not in ("loop", "pad", "skip"):
+            raise ValueError(f"dataset.short_clip={short_clip!r}; valid: loop, pad, skip")
+        report = BadSampleReport(report_dir, dataset=name, split=split)
+        for problem in problems:
+            report.add(problem.path, problem.reason)
+        target_fps = None if frame_stride else float(fps)
+        stride = frame_stride or 1
+        index = VideoIndex(index_file_for(index_dir, name, root) if index_dir else None)
+        entries = index.scan(sample.path for sample in samples)
+        good = []
+        for sample in samples:
+            reason = self._unusable(entries[sample.path], num_frames, stride, target_fps, short_clip, allow_images)
+            if reason:
+                report.add(sample.path, reason)
+                continue
+            entry = entries[sample.path]
+            # Source geometry travels with the sample (for buckets.py); a few ints per sample.
+            sample.extra.update(kind=entry.kind, width=entry.width, height=entry.height, frames=entry.frames,
+                                fps=entry.fps)
+            good.append(sample)
+        report.check(len(samples) + len(problems), max_bad_fraction)
+        super().__init__(good, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
+                         frame_stride=stride, target_fps=target_fps, hflip=hflip, short_clip=short_clip,
+                         name=name, bad_report=report)
+        self.root = root
+        self.index_stats = {"probed": index.probes, "reused": index.reused, "bad": len(report.problems),
+                            "usable": len(good)}
+        log.info("%s/%s: %d usable samples, %d bad", name, split, len(good), len(report.problems))
+
+    @staticmethod
+    def _unusable(entry: IndexEntry, num_frames: int, stride: int, target_fps: float | None, short_clip: str,
+                  allow_images: bool) -> str | None:
+        if not entry.decodable:
+            return entry.error or "not decodable"
+        if entry.kind == "image":
+            return None if allow_images else "image file (set dataset.allow_images=true to use stills)"
+        if short_clip == "skip" and not clip_fits(entry, num_frames, stride, target_fps):
+            return f"too short: {entry.duration:.2f}s ({entry.frames} frames) for a {num_frames}-frame clip"
+        return None

@@ -1,8 +1,12 @@
-"""Typed schemas for the dataset config group (registered under ``schema/dataset``)."""
+"""Typed schemas for the dataset config group (registered under ``schema/dataset``).
+
+A dataset yaml starts with ``- /schema/dataset/<name>@_here_``, so a misspelt key or a wrong
+type fails at composition with the key's name instead of deep inside the constructor.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
@@ -17,6 +21,7 @@ class DatasetConfig:
     width: int = MISSING
     fps: int = 8
     seed: int = 0
+    cache: str = "none"  # "latents": train from precomputed VAE latents + text embeddings (engine-side)
 
 
 @dataclass
@@ -26,7 +31,65 @@ class ShapesConfig(DatasetConfig):
     clip_frames: int | None = None
 
 
-SCHEMAS = {"shapes": ShapesConfig}
+@dataclass
+class RealVideoConfig(DatasetConfig):
+    """Keys shared by every data set read from real files (IndexedClipDataset)."""
+
+    index_dir: str | None = None  # cache of per-file probe results; None probes every run
+    max_bad_fraction: float = 0.2  # stop when more of the data set than this is unusable
+    frame_stride: int | None = None  # None: sample at `fps`; k: every k-th source frame
+    hflip: bool = False
+    short_clip: str = "skip"  # skip | loop | pad
+
+
+@dataclass
+class VideoFolderConfig(RealVideoConfig):
+    metadata_file: str | None = None
+    path_column: str = "file_name"
+    caption_column: str = "text"
+    prompts_file: str | None = None
+    videos_file: str | None = None
+    caption_extension: str = ".txt"
+    recursive: bool = True
+    allow_images: bool = False
+    validation_fraction: float = 0.0
+
+
+@dataclass
+class SSv2Config(RealVideoConfig):
+    videos_dir: str = ""
+    train_file: str = "something-something-v2-train.json"
+    validation_file: str = "something-something-v2-validation.json"
+    labels_file: str | None = "something-something-v2-labels.json"
+    video_extension: str = ".webm"
+    subset_size: int | None = 10000
+    class_balance: bool = False
+
+
+@dataclass
+class UBCFashionConfig(RealVideoConfig):
+    captions_file: str = "captions.json"
+    name_field: str = "video"
+    text_field: str = "caption"
+    split_dirs: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "test", "test": "test"})
+
+
+@dataclass
+class MSRVTTConfig(RealVideoConfig):
+    annotation_file: str = "annotation/MSR_VTT.json"
+    videos_dir: str = "videos/all"
+    video_extension: str = ".mp4"
+    split_names: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "validation": "validate", "test": "test"})
+
+
+SCHEMAS = {
+    "shapes": ShapesConfig,
+    "video_folder": VideoFolderConfig,
+    "ssv2": SSv2Config,
+    "ubc_fashion": UBCFashionConfig,
+    "msrvtt": MSRVTTConfig,
+}
 
 
 def register_dataset_schemas(cs) -> None:

@@ -111,10 +111,22 @@ def generate_shapes(root: str | os.PathLike, *, num_videos: int, num_frames: int
                 "file": name, "caption": caption(shape, color, direction, speed), "shape": shape, "color": color,
                 "direction": direction, "speed": speed, "fps": fps, "positions": positions,
             }))
+        # metadata.jsonl is the completion marker: written last, and only then is the folder renamed.
         (staging / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        if target.exists() and not (target / "metadata.jsonl").is_file():
+            # A folder without the marker is debris (a copy cut short, an older layout): replace it
+            # rather than fail forever on a rename over a non-empty directory.
+            debris = target.with_name(f".{target.name}.stale{os.getpid()}")
+            try:
+                target.rename(debris)
+            except OSError:
+                pass  # another process moved it away first
+            else:
+                shutil.rmtree(debris, ignore_errors=True)
         try:
             staging.rename(target)
         except OSError:
+            # Another process (another rank) finished the same set first: use theirs.
             if not (target / "metadata.jsonl").is_file():
                 raise
     finally:

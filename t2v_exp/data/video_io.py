@@ -3,7 +3,8 @@
 Reading seeks to the keyframe before the wanted start and decodes forward only until the last
 wanted frame, so sampling a 2-second clip from a 10-minute video costs about 2 seconds of
 decoding, not 10 minutes. Frames are chosen by presentation time, which keeps variable-frame-rate
-files correct.
+files correct, and times are measured from the stream's first timestamp, which is not always 0
+(trimmed copies, MPEG-TS, some Matroska files).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+Rng = random.Random | np.random.Generator
 
 
 class VideoDecodeError(RuntimeError):
@@ -43,6 +47,17 @@ class VideoInfo:
     error: str | None = None
 
 
+def _uniform(rng: Rng, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _randint(rng: Rng, low: int, high: int) -> int:
+    """Inclusive on both ends, for either kind of generator."""
+    if isinstance(rng, np.random.Generator):
+        return int(rng.integers(low, high + 1))
+    return rng.randint(low, high)
+
+
 def _as_uint8_frames(frames) -> np.ndarray:
     """Accept uint8 [F, H, W, 3] or float [F, C, H, W] in [-1, 1]; return uint8 [F, H, W, 3]."""
     if isinstance(frames, torch.Tensor):
@@ -56,22 +71,32 @@ def _as_uint8_frames(frames) -> np.ndarray:
     return array
 
 
-def write_video(path: str | os.PathLike, frames, fps: float = 8, *, crf: int = 18) -> Path:
-    """Write H.264 mp4 (or VP9 for .webm), atomically: a temp file renamed into place."""
+def write_video(path: str | os.PathLike, frames, fps: float = 8, codec: str | None = None, *,
+                crf: int = 18) -> Path:
+    """Write H.264 mp4 (VP9 when the path ends in .webm, unless ``codec`` says otherwise), atomically:
+    a temp file in the same folder, renamed into place, so a reader never sees half a file."""
     path = Path(path)
     array = _as_uint8_frames(frames)
+    if len(array) == 0:
+        raise ValueError(f"{path}: no frames to write")
     _, height, width, _ = array.shape
     # yuv420p needs even sizes: pad by repeating the last row/column.
     padded = np.pad(array, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-    codec = "libvpx-vp9" if path.suffix.lower() == ".webm" else "libx264"
+    codec = codec or ("libvpx-vp9" if path.suffix.lower() == ".webm" else "libx264")
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Fractional rates (29.97 = 30000/1001) stay exact instead of rounding to 30.
+    rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream(codec, rate=round(fps))
+            stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = padded.shape[2], padded.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf + 12), "b": "0"}
+            if codec == "libx264":
+                stream.options = {"crf": str(crf)}
+            elif codec == "libvpx-vp9":
+                # Constant-quality mode; VP9's crf scale is coarser than x264's, hence the shift.
+                stream.options = {"crf": str(crf + 12), "b": "0"}
             for frame in padded:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
@@ -94,33 +119,78 @@ def _open(path):
     return container
 
 
-def _stream_timing(container, stream) -> tuple[float, float]:
-    fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+@dataclass
+class _Timing:
+    fps: float
+    start: float  # presentation time of the first frame, seconds
+    duration: float  # seconds from the first frame to the end of the last
+    frames: int  # 0 when the container does not say
+    demuxed: bool = False  # the packets were read (the container must seek before decoding)
+
+
+def _demux_timing(container, stream, fps: float) -> _Timing:
+    """Frame count, first time and end time from the packets: reads the file, decodes nothing."""
+    count, first, end = 0, None, None
+    base = stream.time_base
+    for packet in container.demux(stream):
+        if packet.pts is None:  # the flush packet at the end, or a damaged one
+            continue
+        count += 1
+        begin = float(packet.pts * base)
+        finish = float((packet.pts + packet.duration) * base) if packet.duration else begin + 1.0 / fps
+        first = begin if first is None else min(first, begin)
+        end = finish if end is None else max(end, finish)
+    if first is None:
+        return _Timing(fps, 0.0, 0.0, 0, demuxed=True)
+    return _Timing(fps, first, end - first, count, demuxed=True)
+
+
+def _stream_timing(container, stream, *, exact: bool = False) -> _Timing:
+    """Timing from the container header, reading the packets where the header is missing or
+    ambiguous (``exact`` also when it only lacks the frame count).
+
+    Matroska/WebM headers hold no per-stream duration, and their segment duration counts from 0,
+    not from the first timestamp, so a file whose first frame is at 2 s reports 2 s too much.
+    """
+    fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0) or 25.0
+    base = stream.time_base
+    if stream.start_time is not None and base is not None:
+        start = float(stream.start_time * base)
+    elif container.start_time is not None:
+        start = container.start_time / av.time_base
+    else:
+        start = 0.0
+    frames = int(stream.frames or 0)
+    if stream.duration is not None and base is not None:
+        duration = float(stream.duration * base)
+    elif container.duration is not None and start == 0.0 and not (exact and frames == 0):
         duration = container.duration / av.time_base
     else:
-        duration = (stream.frames or 0) / fps
-    return fps, duration
+        return _demux_timing(container, stream, fps)
+    if exact and frames == 0:
+        return _demux_timing(container, stream, fps)
+    return _Timing(fps, start, duration, frames)
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Metadata only (no decoding), or ``decodable=False`` with the reason."""
+    """Container metadata (frames counted from packets where the header has no count; nothing is
+    decoded), or ``decodable=False`` with the reason."""
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
-            fps, duration = _stream_timing(container, stream)
-            frames = stream.frames or round(duration * fps)
-            return VideoInfo(str(path), int(frames), fps, stream.codec_context.width,
-                             stream.codec_context.height, duration)
+            timing = _stream_timing(container, stream, exact=True)
+            return VideoInfo(str(path), timing.frames, timing.fps, stream.codec_context.width,
+                             stream.codec_context.height, timing.duration)
     except VideoDecodeError as exc:
         return VideoInfo(str(path), 0, 0.0, 0, 0, 0.0, decodable=False, error=exc.reason)
+    except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as exc:
+        return VideoInfo(str(path), 0, 0.0, 0, 0, 0.0, decodable=False,
+                         error=f"unreadable ({type(exc).__name__}: {exc})")
 
 
-def _decode_at_times(container, stream, times: list[float], tolerance: float) -> list[np.ndarray]:
-    """For each wanted time, the last frame shown at or before it (decode forward once)."""
-    if times[0] > tolerance:
+def _decode_at_times(container, stream, times: list[float], tolerance: float, *, seek: bool) -> list:
+    """For each wanted (absolute) time, the last frame shown at or before it (decode forward once)."""
+    if seek:
         container.seek(int(times[0] / stream.time_base), stream=stream, backward=True, any_frame=False)
     chosen: list = [None] * len(times)
     previous = None
@@ -139,16 +209,31 @@ def _decode_at_times(container, stream, times: list[float], tolerance: float) ->
         j += 1
     if any(f is None for f in chosen):
         raise VideoDecodeError(getattr(container, "name", "?"), "no decodable frames")
+    return chosen
+
+
+def _decode_all(container, stream) -> list:
+    return list(container.decode(stream))
+
+
+def _to_arrays(frames: list) -> list[np.ndarray]:
+    """RGB arrays, upright: the display-matrix rotation phones write is applied, and a frame
+    picked twice is converted once."""
     cache: dict[int, np.ndarray] = {}
-    return [cache.setdefault(id(f), f.to_ndarray(format="rgb24")) for f in chosen]
-
-
-def _decode_all(container, stream) -> list[np.ndarray]:
-    return [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    arrays = []
+    for frame in frames:
+        if id(frame) not in cache:
+            array = frame.to_ndarray(format="rgb24")
+            # frame.rotation is the counter-clockwise angle the display applies; rot90 turns
+            # counter-clockwise too.
+            quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+            cache[id(frame)] = np.rot90(array, quarter_turns) if quarter_turns else array
+        arrays.append(cache[id(frame)])
+    return arrays
 
 
 def resize_and_crop(frames: torch.Tensor, height: int, width: int, *, center: bool,
-                    rng: random.Random | None = None) -> torch.Tensor:
+                    rng: Rng | None = None) -> torch.Tensor:
     """[F, C, H, W] float: scale so the short side covers the target, then crop to height x width."""
     _, _, h, w = frames.shape
     scale = max(height / h, width / w)
@@ -158,46 +243,58 @@ def resize_and_crop(frames: torch.Tensor, height: int, width: int, *, center: bo
     if center or rng is None:
         top, left = (new_h - height) // 2, (new_w - width) // 2
     else:
-        top, left = rng.randint(0, new_h - height), rng.randint(0, new_w - width)
+        top, left = _randint(rng, 0, new_h - height), _randint(rng, 0, new_w - width)
     return frames[:, :, top : top + height, left : left + width]
 
 
-def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int, *, frame_stride: int = 1,
-              target_fps: float | None = None, start: str = "center", rng: random.Random | None = None,
+def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int, *, frame_stride: int | None = None,
+              target_fps: float | None = None, start: str = "center", rng: Rng | None = None,
               hflip: bool = False, short_clip: str = "loop") -> torch.Tensor:
     """Sample ``num_frames`` frames -> float32 [F, C, H, W] in [-1, 1].
 
-    ``frame_stride`` steps in source frames (or ``target_fps`` resamples in time); ``start`` is
-    "random" (needs ``rng``) or "center". Files shorter than the clip follow ``short_clip``:
-    "loop" wraps around, "pad" repeats the last frame, "skip" raises :class:`ShortClipError`.
+    ``frame_stride`` steps in source frames (default 1), or ``target_fps`` resamples in time;
+    ``start`` is "random" (needs ``rng``: ``random.Random`` or ``np.random.Generator``) or
+    "center". With "random" the crop is random too, else centred. Files shorter than the clip
+    follow ``short_clip``: "loop" wraps around, "pad" repeats the last frame, "skip" raises
+    :class:`ShortClipError`. Unreadable files raise :class:`VideoDecodeError`.
     """
     if short_clip not in ("loop", "pad", "skip"):
         raise ValueError(f"short_clip={short_clip!r}; valid: loop, pad, skip")
+    if start not in ("random", "center"):
+        raise ValueError(f"start={start!r}; valid: random, center")
+    if num_frames < 1 or height < 1 or width < 1:
+        raise ValueError(f"num_frames, height, width must be positive, got {num_frames}, {height}, {width}")
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            fps, duration = _stream_timing(container, stream)
-            step = 1.0 / target_fps if target_fps else frame_stride / fps
-            last_start = duration - 1.0 / fps  # presentation time of the last frame
+            timing = _stream_timing(container, stream)
+            fps = timing.fps
+            step = 1.0 / target_fps if target_fps else (frame_stride or 1) / fps
+            last_start = timing.duration - 1.0 / fps  # time of the last frame, from the first
             span = (num_frames - 1) * step
             if last_start + 1e-6 >= span:
                 slack = max(0.0, last_start - span)
-                offset = rng.uniform(0.0, slack) if start == "random" and rng is not None else slack / 2
+                offset = _uniform(rng, 0.0, slack) if start == "random" and rng is not None else slack / 2
                 # Snap to the source frame grid so a stride of k frames picks every k-th frame.
                 offset = min(slack, math.floor(offset * fps + 1e-6) / fps)
-                times = [offset + k * step for k in range(num_frames)]
-                arrays = _decode_at_times(container, stream, times, tolerance=0.5 / fps)
+                times = [timing.start + offset + k * step for k in range(num_frames)]
+                tolerance = 0.5 / fps
+                picked = _decode_at_times(container, stream, times, tolerance,
+                                          seek=timing.demuxed or offset > tolerance)
             else:
                 if short_clip == "skip":
-                    raise ShortClipError(path, f"{duration:.2f}s is shorter than the {span:.2f}s clip")
+                    raise ShortClipError(path, f"{timing.duration:.2f}s is shorter than the {span:.2f}s clip")
+                if timing.demuxed:
+                    container.seek(stream.start_time or 0, stream=stream, backward=True, any_frame=False)
                 decoded = _decode_all(container, stream)
                 if not decoded:
                     raise VideoDecodeError(path, "no decodable frames")
                 stride = max(1, round(step * fps))
                 wanted = [k * stride for k in range(num_frames)]
                 pick = (lambda i: i % len(decoded)) if short_clip == "loop" else (lambda i: min(i, len(decoded) - 1))
-                arrays = [decoded[pick(i)] for i in wanted]
+                picked = [decoded[pick(i)] for i in wanted]
+            arrays = _to_arrays(picked)
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as exc:

@@ -34,12 +34,27 @@ def epoch_batches(num_samples: int, batch_size: int, *, seed: int, epoch: int, r
     return batches
 
 
+ENGINE_DATASET_KEYS = ("cache",)  # dataset.* settings the engine consumes, not the dataset class
+
+
+def instantiate_dataset(dataset_cfg, *, split: str, report_dir: str | None):
+    """Build the dataset named by ``dataset._target_`` (the config is the registry)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(dataset_cfg, resolve=True)
+    for key in ENGINE_DATASET_KEYS:
+        node.pop(key, None)
+    return instantiate(node, split=split, report_dir=report_dir)
+
+
 def collate(items: list[dict]) -> dict:
-    return {
-        "video": torch.stack([item["video"] for item in items]),
-        "prompt": [item["prompt"] for item in items],
-        "key": [item["key"] for item in items],
-    }
+    """Stack pixel clips (``video``) or cached latents (``latents``), keep prompts and keys as lists."""
+    batch = {"prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items]}
+    for field in ("video", "latents"):
+        if field in items[0]:
+            batch[field] = torch.stack([item[field] for item in items])
+    return batch
 
 
 class BatchStream:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import config as config_schema
 from ..models import resolve_and_validate
 from ..models.common import mixed_precision_dtype
-from .batches import BatchStream, DataPosition
+from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import (
     TrainState,
     find_resume_checkpoint,
@@ -156,7 +156,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         set_seed(cfg.seed)
         self.is_main = self.accelerator.is_main_process
-        self.dataset = instantiate(cfg.dataset, split="train", report_dir=str(self.run_dir))
+        self.dataset = instantiate_dataset(cfg.dataset, split="train", report_dir=str(self.run_dir))
         self.model = model_cls(cfg.model, roots)
         self.model.enable_memory_savers(
             gradient_checkpointing=cfg.gpu.gradient_checkpointing, vae_slicing=cfg.gpu.vae_slicing,
@@ -165,6 +165,9 @@ class Trainer:
         self.weight_dtype = mixed_precision_dtype(mixed)
         frozen_device = "cpu" if cfg.gpu.cpu_offload else None
         self.model.place(self.accelerator.device, self.weight_dtype, frozen_device)
+        self.cache = None
+        if str(cfg.dataset.get("cache", "none")) == "latents":
+            self._use_latent_cache()
         counts = self.model.parameter_counts()
         self.param_counts = {**counts, "trainable_pct": 100.0 * counts["trainable"] / max(1, counts["total"])}
         log.info("Parameters: %s trainable of %s total (%.3f%%)", f"{counts['trainable']:,}",
@@ -193,6 +196,31 @@ class Trainer:
                                extra_tags=[cfg.model.name, cfg.dataset.name])
         self.tracker.summary({"params/" + k: v for k, v in self.param_counts.items()})
 
+    def _use_latent_cache(self) -> None:
+        """Encode (or reuse) every clip and prompt once, then train from the cache with the VAE
+        and text encoder off the accelerator."""
+        from .latent_cache import CachedLatents, LatentCache, cached_prompts
+
+        root = Path(self.cfg.paths.cache_dir) / "latent_cache"
+        dataset_cfg = OmegaConf.to_container(self.cfg.dataset, resolve=True)
+        self.cache = LatentCache(root, self.model, dataset_cfg)
+        if self.is_main:
+            self.cache.build(self.dataset, cached_prompts(self.dataset), device=self.accelerator.device)
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:  # other ranks read what rank 0 wrote
+            self.cache.build(self.dataset, cached_prompts(self.dataset), device=self.accelerator.device)
+        self.dataset = CachedLatents(self.dataset, self.cache, self.cfg.seed)
+        self._offload_frozen(True)
+
+    def _offload_frozen(self, offload: bool) -> None:
+        if self.cache is None or self.cfg.gpu.cpu_offload:
+            return
+        target = torch.device("cpu") if offload else self.accelerator.device
+        for module in (self.model.vae, self.model.text_encoder):
+            module.to(target)
+        if offload and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _resume(self, resume: str) -> None:
         suffix = f"_{self.cfg.model.name}_{self.cfg.dataset.name}"
         path = find_resume_checkpoint(str(resume), self.run_dir, suffix)
@@ -214,8 +242,12 @@ class Trainer:
         generators = sample_generators(cfg.seed, self.state.step, batch["key"])
         prompts = apply_caption_dropout(batch["prompt"], cfg.model.caption_dropout, generators)
         with torch.no_grad():
-            latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
-            embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
+            if "latents" in batch:  # from the latent cache: nothing to encode
+                latents = batch["latents"].to(device=device, dtype=self.weight_dtype)
+                embeds = self.cache.embeds(prompts).to(device=device, dtype=self.weight_dtype)
+            else:
+                latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
+                embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
         with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast():
             loss = self.model.training_loss(latents, embeds, generators)
             # Always backward, even on a NaN loss: every DDP rank must join the all-reduce; the
@@ -301,6 +333,7 @@ class Trainer:
         if not cfg.enabled:
             return
         self.accelerator.wait_for_everyone()
+        self._offload_frozen(False)
         if self.is_main:
             captions = self.dataset.captions() if hasattr(self.dataset, "captions") else []
             prompts = validation_prompts(list(cfg.prompts), captions, cfg.num_videos)
@@ -312,6 +345,7 @@ class Trainer:
             )
             self.tracker.log_videos(videos, step=self.state.step, fps=self.cfg.model.fps)
             log.info("Wrote %d validation videos to %s", len(videos), out_dir)
+        self._offload_frozen(True)
         self.accelerator.wait_for_everyone()
 
     def evaluate(self, *, base: bool = False) -> dict | None:
@@ -320,12 +354,13 @@ class Trainer:
         from ..evaluation import evaluate_model
 
         self.accelerator.wait_for_everyone()
+        self._offload_frozen(False)
         report = None
         if self.is_main:
             settings = self.cfg.evaluation
             out_dir = self.run_dir / ("eval_base" if base else "eval")
             baseline = self.run_dir / "eval_base"
-            dataset = instantiate(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
+            dataset = instantiate_dataset(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
             description = {"mode": "model" if base else "run_dir", "model": self.cfg.model.name,
                            "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step,
                            "seed": settings.seed}
@@ -334,6 +369,7 @@ class Trainer:
                 description=description, tracker=self.tracker,
                 baseline=str(baseline) if not base and (baseline / "metrics.json").is_file() else None,
             )
+        self._offload_frozen(True)
         self.accelerator.wait_for_everyone()
         return report
 
@@ -384,7 +420,8 @@ class Trainer:
             log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
                      self.state.step, cfg.max_steps)
         summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
-                   "resumed_from": self.resumed_from, **asdict(self.state)}
+                   "resumed_from": self.resumed_from, **asdict(self.state),
+                   "cache": asdict(self.cache.stats) if self.cache else None}
         summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary

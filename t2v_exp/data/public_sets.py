@@ -1,0 +1,143 @@
+"""Public benchmarks laid out as their authors distribute them: SSv2, UBC Fashion, MSR-VTT.
+
+Each reads its annotation files, turns them into samples and hands them to
+:class:`IndexedClipDataset`, which screens the files. Paths are ``dataset.root`` plus relative
+names (each a config key); a missing one raises an error naming the key and the expected layout.
+``**common`` is IndexedClipDataset's keyword arguments (geometry, seed, split, report_dir,
+index_dir, max_bad_fraction, frame_stride, hflip, short_clip).
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..errors import ConfigError
+from .datasets import IndexedClipDataset
+from .sources import (
+    Problem,
+    Sample,
+    media_files,
+    read_caption_map,
+    read_msrvtt,
+    read_ssv2,
+    read_ssv2_labels,
+    require_path,
+    resolve,
+)
+
+
+def split_name(split: str, names: dict, key: str) -> str:
+    if split not in names:
+        raise ConfigError(f"split {split!r} is not in {key}={dict(names)}; add it, e.g. {key}.{split}=...")
+    return names[split]
+
+
+# ----------------------------------------------------------------------------- Something-Something v2
+
+SSV2_LAYOUT = """  <dataset.root>/
+    something-something-v2-train.json        (dataset.train_file: [{"id", "label", "template", "placeholders"}])
+    something-something-v2-validation.json   (dataset.validation_file)
+    something-something-v2-labels.json       (dataset.labels_file: {"Template text": "class id"})
+    <dataset.videos_dir>/<id>.webm           (videos_dir '' = directly in the root)"""
+
+
+def choose_subset(samples: list[Sample], size: int | None, *, seed: int, class_balance: bool) -> list[Sample]:
+    """A seeded subset; with ``class_balance`` every template contributes in turn (round robin),
+    so rare actions are not crowded out by the frequent ones."""
+    if not size or size >= len(samples):
+        return samples
+    rng = random.Random(f"{seed}/subset")
+    if not class_balance:
+        chosen = rng.sample(range(len(samples)), size)
+    else:
+        by_class: dict[str, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_class.setdefault(sample.extra.get("template", ""), []).append(i)
+        queues = [rng.sample(members, len(members)) for _, members in sorted(by_class.items())]
+        rng.shuffle(queues)
+        chosen = []
+        while len(chosen) < size:
+            for queue in queues:
+                if queue and len(chosen) < size:
+                    chosen.append(queue.pop())
+    return [samples[i] for i in sorted(chosen)]
+
+
+class SSv2Dataset(IndexedClipDataset):
+    def __init__(self, *, root: str, name: str = "ssv2", videos_dir: str = "",
+                 train_file: str = "something-something-v2-train.json",
+                 validation_file: str = "something-something-v2-validation.json",
+                 labels_file: str | None = "something-something-v2-labels.json", video_extension: str = ".webm",
+                 subset_size: int | None = 10000, class_balance: bool = False, **common):
+        base = require_path(root, key="dataset.root", layout=SSV2_LAYOUT, directory=True)
+        file_key = "dataset.train_file" if common.get("split", "train") == "train" else "dataset.validation_file"
+        file_name = train_file if file_key == "dataset.train_file" else validation_file
+        annotations = require_path(resolve(base, file_name), key=file_key, layout=SSV2_LAYOUT)
+        labels = None
+        if labels_file:
+            labels = read_ssv2_labels(require_path(resolve(base, labels_file), key="dataset.labels_file",
+                                                   layout=SSV2_LAYOUT))
+        videos = require_path(resolve(base, videos_dir) if videos_dir else base, key="dataset.videos_dir",
+                              layout=SSV2_LAYOUT, directory=True)
+        samples, problems = read_ssv2(annotations, labels, videos_dir=videos, extension=video_extension)
+        # The subset is drawn before probing, so a 10k subset of 169k videos probes 10k files.
+        samples = choose_subset(samples, subset_size, seed=common["seed"], class_balance=class_balance)
+        super().__init__(samples, problems, name=name, root=root, **common)
+
+
+# ----------------------------------------------------------------------------- UBC Fashion
+
+UBC_LAYOUT = """  <dataset.root>/
+    train/*.mp4  test/*.mp4                  (dataset.split_dirs maps split -> folder)
+    <dataset.captions_file>                  (Fashion-Text2Video style text descriptions, one of:
+        {"<video name>": "text" | ["text", ...]}  or  [{"<name_field>": "91-3003CN5S.mp4",
+        "<text_field>": "text"}, ...]  or the same records as JSON lines; names match by file stem)"""
+
+
+class UBCFashionDataset(IndexedClipDataset):
+    def __init__(self, *, root: str, name: str = "ubc_fashion", captions_file: str = "captions.json",
+                 name_field: str = "video", text_field: str = "caption", split_dirs: dict | None = None,
+                 **common):
+        base = require_path(root, key="dataset.root", layout=UBC_LAYOUT, directory=True)
+        split_dirs = split_dirs or {"train": "train", "validation": "test", "test": "test"}
+        folder_name = split_name(common.get("split", "train"), split_dirs, "dataset.split_dirs")
+        folder = require_path(base / folder_name, key="dataset.split_dirs", layout=UBC_LAYOUT, directory=True)
+        captions = read_caption_map(require_path(resolve(base, captions_file), key="dataset.captions_file",
+                                                 layout=UBC_LAYOUT), name_field=name_field, text_field=text_field)
+        samples, problems = [], []
+        for file in media_files(folder, recursive=False, allow_images=False):
+            if captions.get(file.stem):
+                samples.append(Sample(str(file), captions[file.stem], file.stem))
+            else:
+                problems.append(Problem(str(file), f"missing caption (no '{file.stem}' in {captions_file})"))
+        super().__init__(samples, problems, name=name, root=root, **common)
+
+
+# ----------------------------------------------------------------------------- MSR-VTT
+
+MSRVTT_LAYOUT = """  <dataset.root>/
+    annotation/MSR_VTT.json   (dataset.annotation_file: {"videos": [{"video_id", "split"}],
+                               "sentences": [{"video_id", "caption"}]}, ~20 captions per video)
+    videos/all/<video_id>.mp4 (dataset.videos_dir)"""
+
+
+class MSRVTTDataset(IndexedClipDataset):
+    """Training items draw one of the ~20 captions at random (item RNG); evaluation uses the first,
+    and :meth:`all_captions` gives every reference caption of a sample."""
+
+    def __init__(self, *, root: str, name: str = "msrvtt", annotation_file: str = "annotation/MSR_VTT.json",
+                 videos_dir: str = "videos/all", video_extension: str = ".mp4", split_names: dict | None = None,
+                 **common):
+        base = require_path(root, key="dataset.root", layout=MSRVTT_LAYOUT, directory=True)
+        split_names = split_names or {"train": "train", "validation": "validate", "test": "test"}
+        wanted = split_name(common.get("split", "train"), split_names, "dataset.split_names")
+        annotations = require_path(resolve(base, annotation_file), key="dataset.annotation_file",
+                                   layout=MSRVTT_LAYOUT)
+        videos = require_path(resolve(base, videos_dir), key="dataset.videos_dir", layout=MSRVTT_LAYOUT,
+                              directory=True)
+        samples, problems = read_msrvtt(annotations, split=wanted, videos_dir=videos, extension=video_extension)
+        super().__init__(samples, problems, name=name, root=root, **common)
+
+    def all_captions(self, index: int) -> list[str]:
+        return list(self.samples[index].captions)
+

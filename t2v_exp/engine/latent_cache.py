@@ -1,0 +1,155 @@
+"""Precomputed VAE latents and text embeddings (``dataset.cache=latents``).
+
+Each clip is encoded once into its own safetensors file under a directory keyed by everything
+that changes the latents (model checkpoint and VAE config, resolution, frames, sampling
+settings); the file name is keyed by the clip's file identity (path, size, mtime). A later run
+reuses what matches and encodes only what changed. Text embeddings are keyed by the prompt text.
+While training from the cache the VAE and text encoder leave the accelerator.
+
+The cached clip is the one the dataset yields in epoch 0 (its random start and crop), so
+cached training sees the same clip each epoch; augmentation across epochs needs the uncached path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = "1"
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_identity(model) -> dict:
+    """What in the model changes latents or embeddings: family, checkpoint, VAE/text configs."""
+    return {
+        "family": model.family,
+        "vae": dict(model.vae.config),
+        "text_encoder": model.text_encoder.config.to_dict(),
+        "tokenizer": type(model.tokenizer).__name__ + str(len(model.tokenizer)),
+        "max_text_tokens": getattr(model, "max_text_tokens", None),
+    }
+
+
+def sample_identity(dataset, index: int) -> dict:
+    """A clip's file identity: path + size + mtime when the dataset knows its files."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return {"index": index}
+    path = samples[index].path
+    try:
+        stat = os.stat(path)
+        return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    except OSError:
+        return {"path": os.path.abspath(path)}
+
+
+@dataclass
+class CacheStats:
+    encoded_videos: int = 0
+    reused_videos: int = 0
+    encoded_prompts: int = 0
+    reused_prompts: int = 0
+
+
+class LatentCache:
+    def __init__(self, root: Path, model, dataset_cfg: dict):
+        self.model = model
+        identity = model_identity(model)
+        sampling = {k: v for k, v in dataset_cfg.items() if k not in ("cache", "cache_dir", "report_dir")}
+        self.video_dir = Path(root) / "latents" / f"{model.family}-{_digest([CACHE_FORMAT, identity, sampling])}"
+        self.text_dir = Path(root) / "text" / f"{model.family}-{_digest([CACHE_FORMAT, identity])}"
+        self.stats = CacheStats()
+
+    def video_path(self, dataset, index: int) -> Path:
+        return self.video_dir / f"{_digest(sample_identity(dataset, index))}.safetensors"
+
+    def text_path(self, prompt: str) -> Path:
+        return self.text_dir / f"{hashlib.sha1(prompt.encode()).hexdigest()[:20]}.safetensors"
+
+    @staticmethod
+    def _write(path: Path, tensors: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)  # a killed build never leaves a half-written entry
+
+    @torch.no_grad()
+    def build(self, dataset, prompts: list[str], *, device) -> CacheStats:
+        """Encode what is missing (progress bar), reuse the rest."""
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(0)
+        for index in tqdm(range(len(dataset)), desc="cache latents", unit="clip"):
+            path = self.video_path(dataset, index)
+            if path.is_file():
+                self.stats.reused_videos += 1
+                continue
+            video = dataset[index]["video"].unsqueeze(0).to(device)
+            self._write(path, {"latents": self.model.encode_videos(video)[0]})
+            self.stats.encoded_videos += 1
+        for prompt in tqdm(sorted(set(prompts)), desc="cache text", unit="prompt", leave=False):
+            path = self.text_path(prompt)
+            if path.is_file():
+                self.stats.reused_prompts += 1
+                continue
+            self._write(path, {"embeds": self.model.encode_prompts([prompt])[0]})
+            self.stats.encoded_prompts += 1
+        log.info("Latent cache %s: %s", self.video_dir, self.stats)
+        return self.stats
+
+    def embeds(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in prompts if not self.text_path(p).is_file()]
+        if missing:
+            raise KeyError(f"prompt not in the text cache: {missing[0]!r}")
+        return torch.stack([load_file(self.text_path(p))["embeds"] for p in prompts])
+
+
+def cached_prompts(dataset) -> list[str]:
+    """Every caption a training sample may draw, plus "" for caption dropout."""
+    samples = getattr(dataset, "samples", None)
+    captions = [c for s in samples for c in s.captions] if samples is not None else list(dataset.captions())
+    return [*captions, ""]
+
+
+class CachedLatents(Dataset):
+    """Dataset view that serves cached latents instead of decoding videos."""
+
+    def __init__(self, dataset, cache: LatentCache, seed: int):
+        self.dataset = dataset
+        self.paths = [cache.video_path(dataset, i) for i in range(len(dataset))]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        samples = getattr(self.dataset, "samples", None)
+        if samples is not None:
+            sample = samples[index]
+            options = sample.captions
+            # Its own RNG stream: no frames are decoded, so the caption draw cannot share theirs.
+            prompt = random.Random(f"{self.seed}/{self.epoch}/{index}/caption").choice(options)
+            key = sample.key
+        else:
+            prompt, key = self.dataset.captions()[index], str(index)
+        return {"latents": load_file(self.paths[index])["latents"], "prompt": prompt, "key": key}
+
+    def captions(self) -> list[str]:
+        return self.dataset.captions()
