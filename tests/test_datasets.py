@@ -106,12 +106,12 @@ def test_dataloader_with_workers(tmp_path):
 
 
 def test_hydra_instantiate_contract(tmp_path, compose_train):
-    from hydra.utils import instantiate
+    from t2v_exp.engine.batches import instantiate_dataset
 
     write_sidecar_folder(tmp_path / "clips", count=2)
     cfg = compose_train(["dataset=video_folder", f"dataset.root={tmp_path / 'clips'}",
                          f"paths.cache_dir={tmp_path / 'cache'}"])
-    ds = instantiate(cfg.dataset, split="train", report_dir=str(tmp_path / "run"))
+    ds = instantiate_dataset(cfg.dataset, split="train", report_dir=str(tmp_path / "run"))
     assert len(ds) == 2 and ds.captions() == ["clip number 0", "clip number 1"]
     assert list((tmp_path / "cache" / "index").glob("video_folder-*.jsonl"))
     assert ds[0]["video"].shape[0] == cfg.model.num_frames
@@ -119,11 +119,11 @@ def test_hydra_instantiate_contract(tmp_path, compose_train):
 
 @pytest.mark.parametrize("name", ["video_folder", "anime", "ssv2", "ubc_fashion", "msrvtt"])
 def test_missing_root_names_key_and_layout(tmp_path, compose_train, name):
-    from hydra.utils import instantiate
+    from t2v_exp.engine.batches import instantiate_dataset
 
     cfg = compose_train([f"dataset={name}", f"dataset.root={tmp_path / 'absent'}"])
     with pytest.raises(Exception) as caught:
-        instantiate(cfg.dataset, split="train", report_dir=None)
+        instantiate_dataset(cfg.dataset, split="train", report_dir=None)
     error = caught.value.__cause__ or caught.value  # Hydra wraps constructor errors
     assert isinstance(error, DatasetLayoutError)
     assert "dataset.root" in str(error) and "Expected layout" in str(error) and "absent" in str(error)
