@@ -68,9 +68,10 @@ class Tracker:
 
         wandb_dir = self.run_dir  # W&B puts its own "wandb/" folder inside this directory
         mode = wandb_mode(str(getattr(logger_cfg.mode, "value", logger_cfg.mode)))
+        tags = redact(list(dict.fromkeys([*(logger_cfg.tags or []), *extra_tags])))
         run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group,
-            tags=list(dict.fromkeys([*(logger_cfg.tags or []), *extra_tags])), name=logger_cfg.name or self.run_dir.name, job_type=job_type,
+            project=logger_cfg.project, entity=logger_cfg.entity, group=redact(logger_cfg.group),
+            tags=tags, name=redact(logger_cfg.name or self.run_dir.name), job_type=job_type,
             dir=str(wandb_dir), mode=mode, config=config, reinit="finish_previous",
             settings=wandb.Settings(console="off", silent=True),
         )
