@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError, require_multiple
 from . import common
-from .lora import add_lora, load_lora_state_dict, lora_metadata, lora_settings, lora_state_dict
+from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
 
 log = logging.getLogger(__name__)
 SD_SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -82,20 +82,13 @@ class AnimateDiffModel:
         return common.trainable_params(self.denoiser)
 
     def parameter_counts(self):
-        modules = [self.text_encoder, self.vae, common.unwrap(self.denoiser)]
-        total = common.count_parameters(p for m in modules for p in m.parameters())
-        return {"trainable": common.count_parameters(self.trainable_parameters()), "total": total}
+        return common.adapter_parameter_counts(self)
 
     def place(self, device, weight_dtype, frozen_device=None):
         common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype, frozen_device)
 
-    def enable_memory_savers(self, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
-        if vae_slicing:
-            self.vae.enable_slicing()
-        if vae_tiling:
-            self.vae.enable_tiling()
+    def enable_memory_savers(self, **flags):
+        common.adapter_enable_memory_savers(self, **flags)
 
     @torch.no_grad()
     def encode_prompts(self, prompts):
@@ -134,15 +127,10 @@ class AnimateDiffModel:
         return common.to_unit_range(out.frames)
 
     def trainable_state_dict(self):
-        model = common.unwrap(self.denoiser)
-        return lora_state_dict(model) if self.lora else common.full_state_dict(model)
+        return common.adapter_trainable_state_dict(self)
 
     def load_trainable_state_dict(self, state_dict):
-        model = common.unwrap(self.denoiser)
-        if self.lora:
-            load_lora_state_dict(model, state_dict)
-        else:
-            common.load_full_state_dict(model, state_dict)
+        common.adapter_load_trainable_state_dict(self, state_dict)
 
     def export(self, out_dir: Path):
         from diffusers import AnimateDiffPipeline

@@ -215,3 +215,40 @@ def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_pattern
 
         return tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
     return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)
+
+
+# -- protocol methods that every family implements the same way ------------------------------
+# Plain functions over the adapter's standard attributes (tokenizer, text_encoder, vae,
+# denoiser, lora); each family's method is a one-line call, so a family can still differ.
+
+
+def adapter_parameter_counts(model) -> dict[str, int]:
+    modules = [model.text_encoder, model.vae, unwrap(model.denoiser)]
+    total = count_parameters(p for m in modules for p in m.parameters())
+    return {"trainable": count_parameters(trainable_params(model.denoiser)), "total": total}
+
+
+def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
+    if gradient_checkpointing:
+        model.denoiser.enable_gradient_checkpointing()
+    if vae_slicing:
+        model.vae.enable_slicing()
+    if vae_tiling:
+        model.vae.enable_tiling()
+
+
+def adapter_trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    from .lora import lora_state_dict
+
+    denoiser = unwrap(model.denoiser)
+    return lora_state_dict(denoiser) if model.lora else full_state_dict(denoiser)
+
+
+def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]) -> None:
+    from .lora import load_lora_state_dict
+
+    denoiser = unwrap(model.denoiser)
+    if model.lora:
+        load_lora_state_dict(denoiser, state_dict)
+    else:
+        load_full_state_dict(denoiser, state_dict)
