@@ -82,3 +82,41 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(tmp_path):
     a = load_file(straight / "checkpoints/checkpoint-000060/trainable.safetensors")
     b = load_file(resumed / "checkpoints/checkpoint-000060/trainable.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_half_written_checkpoints_are_never_resumed_from(compose_train, tmp_path):
+    run_training(compose_train([*FAST, "train.max_steps=2", "dataset.num_videos=4"], tmp_path), tmp_path)
+    root = tmp_path / "checkpoints"
+    # what a kill during a write leaves: a staging dir, and a directory without its state.json
+    (root / ".tmp-checkpoint-000009-4242").mkdir()
+    (root / ".tmp-checkpoint-000009-4242" / "trainable.safetensors").write_bytes(b"\0" * 10)
+    (root / "checkpoint-000008").mkdir()
+    (root / "checkpoint-000008" / "trainable.safetensors").write_bytes(b"\0" * 10)
+    from t2v_exp.engine.checkpoint import find_resume_checkpoint
+
+    assert find_resume_checkpoint("latest", tmp_path, "_x").name == "checkpoint-000002"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_lines", [3, 11])
+def test_sigkill_then_resume_latest_ends_with_identical_weights(tmp_path, kill_after_lines):
+    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=20", "train.checkpoint_every=2"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=600)
+    proc = subprocess.Popen([*common, f"hydra.run.dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < kill_after_lines):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # no handler can run: whatever is on disk is what we get
+    proc.wait(timeout=60)
+    assert list_checkpoints(killed / "checkpoints")
+    resumed = tmp_path / "resumed"
+    subprocess.run([*common, f"resume={killed}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = load_file(straight / "checkpoints/checkpoint-000020/trainable.safetensors")
+    b = load_file(resumed / "checkpoints/checkpoint-000020/trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
