@@ -94,3 +94,12 @@ def test_shapes_dataset_items_depend_only_on_seed_epoch_index(tmp_path):
     again.set_epoch(3)
     assert torch.equal(ds[1]["video"], again[1]["video"])
     assert len(ds.captions()) == 4
+
+
+def test_shapes_validation_split_is_held_out(tmp_path):
+    kwargs = dict(root=str(tmp_path), num_videos=4, domain="horizontal", num_frames=4, height=32, width=32, fps=8,
+                  seed=0)
+    train = ShapesDataset(split="train", **kwargs)
+    held_out = ShapesDataset(split="validation", **kwargs)
+    assert train.directory != held_out.directory
+    assert not torch.equal(train[0]["video"], held_out[0]["video"])

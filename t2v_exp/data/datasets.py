@@ -19,6 +19,7 @@ from .index import IndexEntry, VideoIndex, index_file_for
 from .shapes import generate_shapes, read_metadata
 from .sources import Problem, Sample
 from .video_io import VideoDecodeError, read_clip, resize_and_crop
+from .video_io import clip_fits as span_fits
 
 log = logging.getLogger(__name__)
 TRAIN_SPLITS = ("train",)
@@ -120,6 +121,9 @@ class ClipDataset(Dataset):
         return [sample.captions[0] for sample in self.samples]
 
 
+HELD_OUT_SEED_OFFSET = 100_003
+
+
 class ShapesDataset(ClipDataset):
     """The synthetic default: generated once into ``root`` and read back through PyAV like real data."""
 
@@ -128,8 +132,10 @@ class ShapesDataset(ClipDataset):
                  clip_frames: int | None = None, name: str = "shapes"):
         # Clips are longer than the training window so random starts differ between epochs.
         length = clip_frames or num_frames * 2
+        # Evaluation splits get their own clips (another generator seed): held out from training.
+        generator_seed = seed if split == "train" else seed + HELD_OUT_SEED_OFFSET
         directory = generate_shapes(root, num_videos=num_videos, num_frames=length, height=height, width=width,
-                                    fps=fps, domain=domain, seed=seed)
+                                    fps=fps, domain=domain, seed=generator_seed)
         records = read_metadata(directory)
         samples = [Sample(str(directory / r["file"]), [r["caption"]], r["file"], r) for r in records]
         # hflip stays off: mirroring would contradict "moving left" captions.
@@ -143,7 +149,7 @@ def clip_fits(entry: IndexEntry, num_frames: int, frame_stride: int, target_fps:
     """Whether ``read_clip`` can take the clip without looping (same rule as read_clip's)."""
     source_fps = entry.fps or 25.0
     step = 1.0 / target_fps if target_fps else frame_stride / source_fps
-    return entry.duration - 1.0 / source_fps + 1e-6 >= (num_frames - 1) * step
+    return span_fits(entry.duration, source_fps, num_frames, step)
 
 
 class IndexedClipDataset(ClipDataset):
