@@ -1,0 +1,1 @@
+"""Sweep report: collect job directories, then render markdown, HTML and plots."""
