@@ -214,8 +214,8 @@ def register_configs() -> None:
 
 
 def _positive(key: str, value, example) -> None:
-    if value is None or value <= 0:
-        raise ConfigError(f"{key}={value} must be > 0, e.g. {key}={example}")
+    if value is None or not value > 0 or value == float("inf"):  # NaN fails `> 0` too
+        raise ConfigError(f"{key}={value} must be a finite number > 0, e.g. {key}={example}")
 
 
 def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
@@ -238,7 +238,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         _positive("model.lora.alpha", cfg.model.lora.alpha, 16)
         if not cfg.model.lora.target_modules:
             raise ConfigError("model.lora.target_modules is empty; e.g. [to_q,to_k,to_v,to_out.0]")
-    if not 0.0 <= cfg.model.caption_dropout < 1.0:
+    if not 0.0 <= cfg.model.caption_dropout < 1.0:  # also rejects NaN
         raise ConfigError(f"model.caption_dropout={cfg.model.caption_dropout} must be in [0, 1), e.g. 0.1")
     if cfg.train.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0")

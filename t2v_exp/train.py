@@ -24,9 +24,9 @@ USER_ERRORS = (ConfigError, CheckpointNotAvailableError, FileNotFoundError)
 
 
 def _user_errors():
-    from .engine.trainer import NonFiniteLossError
+    from .engine.trainer import CheckpointWriteError, NonFiniteLossError
 
-    return (*USER_ERRORS, NonFiniteLossError)
+    return (*USER_ERRORS, NonFiniteLossError, CheckpointWriteError)
 
 register_configs()
 

@@ -120,3 +120,35 @@ def test_sigkill_then_resume_latest_ends_with_identical_weights(tmp_path, kill_a
     a = load_file(straight / "checkpoints/checkpoint-000020/trainable.safetensors")
     b = load_file(resumed / "checkpoints/checkpoint-000020/trainable.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unwritable_run_dir_fails_before_loading_anything(compose_train, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    run_dir = blocker / "run"  # mkdir under a regular file fails, even for root
+    from t2v_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not writable.*hydra.run.dir"):
+        run_training(compose_train([*FAST, "train.max_steps=2"], run_dir), run_dir)
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(compose_train, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a 1 MB tmpfs (root in a container that allows it)")
+    try:
+        from t2v_exp.engine.checkpoint import load_checkpoint
+        from t2v_exp.engine.trainer import CheckpointWriteError
+
+        run_dir = small / "run"
+        cfg = compose_train([*FAST, "train.max_steps=20", "train.checkpoint_every=1", "train.keep_last=10"], run_dir)
+        with pytest.raises(CheckpointWriteError, match="previous checkpoint .* is intact"):
+            run_training(cfg, run_dir)
+        kept = list_checkpoints(run_dir / "checkpoints")
+        assert kept and not list((run_dir / "checkpoints").glob(".tmp-*"))
+        restored = load_checkpoint(kept[-1])  # the last complete checkpoint still loads
+        assert restored.state.step == int(kept[-1].name.split("-")[1]) and restored.trainable
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 import resource
 import signal
 import sys
@@ -21,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import config as config_schema
+from ..errors import ConfigError
 from ..models import resolve_and_validate
 from ..models.common import mixed_precision_dtype
 from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import (
     TrainState,
     find_resume_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -74,6 +77,18 @@ def objective_value(objective: str, summary: dict, eval_report: dict | None) -> 
         raise ValueError(f"train.objective={objective}: no such score in the end-of-training evaluation "
                          f"(set train.evaluate_at_end=true and include '{metric}' in evaluation.metrics)")
     return float(entry[score])
+
+
+def require_writable(run_dir: Path) -> None:
+    """Fail in the first second, not at the first checkpoint an hour later."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"The run directory {run_dir} is not writable ({exc.strerror}); "
+                          f"choose another with hydra.run.dir=/path/with/space") from exc
 
 
 @contextlib.contextmanager
@@ -125,6 +140,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are untouched."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced too many non-finite losses or gradients in a row."""
 
@@ -142,6 +161,7 @@ class Trainer:
 
         cfg = self.cfg
         config_schema.validate(cfg)
+        require_writable(self.run_dir)
         # Locate the checkpoint and check geometry from JSON configs before any weights load.
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
@@ -318,12 +338,21 @@ class Trainer:
         path = None
         if self.is_main:
             scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-            path = save_checkpoint(
-                self.ckpt_root, state=self.state, trainable=self.model.trainable_state_dict(),
-                optimizer_state=self.optimizer.state_dict(), scheduler_state=self.lr_scheduler.state_dict(),
-                scaler_state=scaler, keep_last=self.cfg.train.keep_last,
-                extra={"model": self.cfg.model.name, "finetune": str(self.cfg.model.finetune.value)},
-            )
+            trainable = self.model.trainable_state_dict()
+            try:
+                path = save_checkpoint(
+                    self.ckpt_root, state=self.state, trainable=trainable,
+                    optimizer_state=self.optimizer.state_dict(), scheduler_state=self.lr_scheduler.state_dict(),
+                    scaler_state=scaler, keep_last=self.cfg.train.keep_last,
+                    extra={"model": self.cfg.model.name, "finetune": str(self.cfg.model.finetune.value)},
+                )
+            except Exception as exc:  # OSError, or the serializer's own error type for ENOSPC
+                kept = list_checkpoints(self.ckpt_root)
+                previous = f"the previous checkpoint {kept[-1]} is intact" if kept else "there is no earlier checkpoint"
+                raise CheckpointWriteError(
+                    f"Writing the step-{self.state.step} checkpoint failed ({exc}); {previous}. "
+                    f"Free disk space (or set hydra.run.dir elsewhere) and resume=latest."
+                ) from exc
             log.info("Saved %s", path)
         self.accelerator.wait_for_everyone()
         return path
