@@ -138,6 +138,8 @@ def test_display_rotation_is_applied(tmp_path):
     corners = {name: float(clip[0, :, y, x].mean()) for name, (y, x) in
                {"top_left": (2, 2), "bottom_left": (45, 2), "top_right": (2, 29)}.items()}
     assert corners["bottom_left"] > 0.9 and corners["top_left"] < -0.9 and corners["top_right"] < -0.9, corners
+    entry = probe(path)  # the index records the size as shown, so buckets see a portrait clip
+    assert (entry.width, entry.height) == (32, 48)
 
 
 def test_numpy_generator_rng_and_float_tensor_input(tmp_path):
@@ -154,3 +156,78 @@ def test_numpy_generator_rng_and_float_tensor_input(tmp_path):
     starts = {source_ids(read_clip(path, 4, 32, 32, start="random", rng=np.random.default_rng(s)))[0]
               for s in range(6)}
     assert len(starts) > 2
+
+
+@pytest.mark.parametrize("fps", [12, 30])
+def test_webm_with_exactly_enough_frames_is_not_short(tmp_path, fps):
+    """WebM keeps milliseconds: at 12 or 30 fps its end lands a hair early, which must not make a
+    file holding exactly num_frames frames "too short" (SSv2 is 12 fps WebM)."""
+    from t2v_exp.data.video_io import write_video
+
+    path = write_video(tmp_path / "exact.webm", grey_ramp(7), fps=fps)
+    assert clip_fits(probe(path), 7, 1, None)
+    assert source_ids(read_clip(path, 7, 32, 32, short_clip="skip")) == list(range(7))
+    assert not clip_fits(probe(path), 8, 1, None)
+    with pytest.raises(ShortClipError):
+        read_clip(path, 8, 32, 32, short_clip="skip")
+
+
+def test_cut_off_faststart_mp4_raises_instead_of_freezing(tmp_path):
+    """A web-style mp4 (index up front) cut in half still opens and reports its full length; clips
+    from the lost half must fail loudly, not repeat the last surviving frame."""
+    import random
+
+    import av
+    import numpy as np
+
+    # Noisy borders make the frames cost real bytes, so the cut falls mid-stream; the flat centre
+    # (3 * i) says which frame came back.
+    frames = np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8)
+    for i in range(80):
+        frames[i, 4:-4, 4:-4] = 3 * i
+    path = tmp_path / "web.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.options = {"crf": "10"}  # little compression noise on the centre values
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+
+    def centre_ids(clip):
+        return [round(float((frame[:, 8:-8, 8:-8].mean() + 1) * 127.5 / 3)) for frame in clip]
+
+    outcomes = []
+    for seed in range(12):
+        try:
+            ids = centre_ids(read_clip(cut, 4, 32, 32, frame_stride=4, start="random", rng=random.Random(seed)))
+            assert ids[-1] >= ids[0] + 6, ids  # 12 frames on (+-codec noise): moving, not a frozen frame
+            outcomes.append("ok")
+        except VideoDecodeError as exc:
+            outcomes.append("truncated" if "truncated" in exc.reason else exc.reason)
+    assert set(outcomes) == {"ok", "truncated"}, outcomes
+    whole = centre_ids(read_clip(path, 80, 32, 32, short_clip="skip"))  # the intact file reads to the end
+    assert whole[-1] - whole[0] >= 75
+
+
+def test_index_probe_catches_a_file_cut_off_after_its_header(tmp_path):
+    """probe_video(verify=True), which the index uses, reads the packets of a cut-off WebM (header
+    promising 3 s) and flags it; the plain probe trusts the header."""
+    import numpy as np
+
+    from t2v_exp.data.video_io import probe_video, write_video
+
+    noisy = np.random.default_rng(0).integers(0, 256, (36, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "whole.webm", noisy, fps=12)
+    assert probe_video(path, verify=True).decodable and probe(path).decodable
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert probe_video(cut).decodable
+    checked = probe_video(cut, verify=True)
+    assert not checked.decodable and checked.error.startswith("truncated")
+    assert not probe(cut).decodable and probe(cut).error.startswith("truncated")

@@ -1,7 +1,8 @@
 """A persistent per-file media index: probe each video once, reuse the result until the file changes.
 
-The first scan of a data set opens every file (container metadata plus one decoded frame, which
-catches truncated and non-video files) and writes one JSON line per file. Later scans read that
+The first scan of a data set opens every file (container metadata, every packet read but not
+decoded, plus one decoded frame: together they catch cut-off and non-video files) and writes one
+JSON line per file. Later scans read that
 file line by line and probe again only files whose size or modification time changed. Entries
 are small records (no frames are ever kept), so memory grows with the number of files only by a
 few hundred bytes each, and the new index is streamed to a temporary file and renamed into
@@ -24,7 +25,8 @@ from .sources import is_image
 from .video_io import VideoDecodeError, _open, probe_video
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 1
+# Bumped when probing finds more (2: packets are read to catch cut-off files), so old indexes are redone.
+INDEX_VERSION = 2
 
 
 @dataclass
@@ -42,17 +44,18 @@ class IndexEntry:
     error: str | None = None
 
 
-def _first_frame_decodes(path: str) -> str | None:
-    """None when a first frame decodes, else the reason (probing alone misses cut-off data)."""
+def _first_frame_decodes(path: str) -> tuple[str | None, int]:
+    """(None, rotation) when a first frame decodes, else (the reason, 0). The rotation is the
+    display-matrix angle phones write, which only decoded frames expose."""
     try:
         with _open(path) as container:
-            for _ in container.decode(video=0):
-                return None
-        return "no decodable frames"
+            for frame in container.decode(video=0):
+                return None, int(getattr(frame, "rotation", 0) or 0)
+        return "no decodable frames", 0
     except VideoDecodeError as exc:
-        return exc.reason
+        return exc.reason, 0
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as exc:
-        return f"decoding failed ({type(exc).__name__}: {exc})"
+        return f"decoding failed ({type(exc).__name__}: {exc})", 0
 
 
 def _probe_image(entry: IndexEntry) -> IndexEntry:
@@ -77,10 +80,12 @@ def probe_media(path: str, size: int, mtime_ns: int) -> IndexEntry:
         return entry
     if entry.kind == "image":
         return _probe_image(entry)
-    info = probe_video(path)
+    info = probe_video(path, verify=True)  # reads the packets once: catches files cut off mid-way
     entry.frames, entry.fps, entry.width, entry.height = info.num_frames, info.fps, info.width, info.height
     entry.duration = info.duration
-    entry.error = info.error if not info.decodable else _first_frame_decodes(path)
+    entry.error, rotation = (info.error, 0) if not info.decodable else _first_frame_decodes(path)
+    if rotation % 180:  # read_clip turns such frames upright: record the size as shown (for buckets)
+        entry.width, entry.height = entry.height, entry.width
     entry.decodable = entry.error is None
     return entry
 

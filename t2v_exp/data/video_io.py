@@ -22,6 +22,9 @@ import torch
 import torch.nn.functional as F
 
 Rng = random.Random | np.random.Generator
+# Frames may run out this long before the header's end without the file counting as truncated:
+# variable-frame-rate files can show their last frame longer than one average frame.
+TRUNCATION_SLACK_S = 0.25
 
 
 class VideoDecodeError(RuntimeError):
@@ -62,7 +65,8 @@ def _as_uint8_frames(frames) -> np.ndarray:
     """Accept uint8 [F, H, W, 3] or float [F, C, H, W] in [-1, 1]; return uint8 [F, H, W, 3]."""
     if isinstance(frames, torch.Tensor):
         if frames.dtype == torch.uint8:
-            return frames.cpu().numpy()
+            channels_first = frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[-1] != 3
+            return _as_uint8_frames((frames.permute(0, 2, 3, 1) if channels_first else frames).cpu().numpy())
         pixels = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
     array = np.asarray(frames)
@@ -128,6 +132,16 @@ class _Timing:
     demuxed: bool = False  # the packets were read (the container must seek before decoding)
 
 
+def clip_fits(duration: float, fps: float, num_frames: int, step: float) -> bool:
+    """Whether ``num_frames`` frames ``step`` seconds apart fit in a file of ``duration`` seconds.
+
+    The last frame starts one frame before the end. Matroska/WebM store milliseconds, so a 12 fps
+    file's end can land a fraction of a millisecond early: a quarter frame of slack keeps a file
+    with exactly enough frames from being called short (frame picking tolerates half a frame).
+    """
+    return duration - 0.75 / fps >= (num_frames - 1) * step
+
+
 def _demux_timing(container, stream, fps: float) -> _Timing:
     """Frame count, first time and end time from the packets: reads the file, decodes nothing."""
     count, first, end = 0, None, None
@@ -172,15 +186,40 @@ def _stream_timing(container, stream, *, exact: bool = False) -> _Timing:
     return _Timing(fps, start, duration, frames)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
+def _header_end(container, stream, timing: _Timing) -> float | None:
+    """Where the header says the stream ends (absolute seconds), when it says so unambiguously."""
+    if stream.duration is not None and stream.time_base is not None:
+        return timing.start + float(stream.duration * stream.time_base)
+    if container.duration is not None and timing.start == 0.0:
+        return container.duration / av.time_base
+    return None
+
+
+def probe_video(path: str | os.PathLike, *, verify: bool = False) -> VideoInfo:
     """Container metadata (frames counted from packets where the header has no count; nothing is
-    decoded), or ``decodable=False`` with the reason."""
+    decoded), or ``decodable=False`` with the reason.
+
+    ``verify`` also reads every packet (still decoding nothing) and calls the file truncated when
+    they stop well before the header's end: a download cut short keeps a header promising the
+    whole video. It costs one read of the file, which the media index does once per file.
+    """
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
             timing = _stream_timing(container, stream, exact=True)
-            return VideoInfo(str(path), timing.frames, timing.fps, stream.codec_context.width,
+            info = VideoInfo(str(path), timing.frames, timing.fps, stream.codec_context.width,
                              stream.codec_context.height, timing.duration)
+            if verify:
+                header_end = _header_end(container, stream, timing)
+                packets = timing if timing.demuxed else _demux_timing(container, stream, timing.fps)
+                packets_end = packets.start + packets.duration
+                if packets.frames == 0:
+                    info.decodable, info.error = False, "no video packets"
+                elif header_end is not None and header_end - packets_end > max(TRUNCATION_SLACK_S, 1.0 / timing.fps):
+                    info.decodable = False
+                    info.error = (f"truncated: packets stop at {packets_end:.2f}s, the header says "
+                                  f"{header_end:.2f}s ({packets.frames} frames present)")
+            return info
     except VideoDecodeError as exc:
         return VideoInfo(str(path), 0, 0.0, 0, 0, 0.0, decodable=False, error=exc.reason)
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError) as exc:
@@ -188,8 +227,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                          error=f"unreadable ({type(exc).__name__}: {exc})")
 
 
-def _decode_at_times(container, stream, times: list[float], tolerance: float, *, seek: bool) -> list:
-    """For each wanted (absolute) time, the last frame shown at or before it (decode forward once)."""
+def _decode_at_times(container, stream, times: list[float], tolerance: float, *, seek: bool,
+                     last_frame_time: float) -> list:
+    """For each wanted (absolute) time, the last frame shown at or before it (decode forward once).
+
+    ``last_frame_time`` is where the header says the last frame is: a stream that stops well
+    before it was cut off (a download without its tail), and holding its last frame for the rest
+    of the clip would hand training a frozen clip, so that is an error.
+    """
     if seek:
         container.seek(int(times[0] / stream.time_base), stream=stream, backward=True, any_frame=False)
     chosen: list = [None] * len(times)
@@ -204,11 +249,16 @@ def _decode_at_times(container, stream, times: list[float], tolerance: float, *,
         if j == len(times):
             break
         previous = frame
-    while j < len(times):  # stream ended: hold the last frame
+    if j < len(times):
+        stopped = previous.time if previous is not None else None
+        if stopped is None or last_frame_time - stopped > max(TRUNCATION_SLACK_S, 2 * tolerance):
+            where = "no frame" if stopped is None else f"the last frame at {stopped:.2f}s"
+            raise VideoDecodeError(getattr(container, "name", "?"),
+                                   f"truncated: {where} decodes, the header promises frames until "
+                                   f"{last_frame_time:.2f}s")
+    while j < len(times):  # stream ended a moment early (rounding, VFR): hold the last frame
         chosen[j] = previous
         j += 1
-    if any(f is None for f in chosen):
-        raise VideoDecodeError(getattr(container, "name", "?"), "no decodable frames")
     return chosen
 
 
@@ -273,7 +323,7 @@ def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int,
             step = 1.0 / target_fps if target_fps else (frame_stride or 1) / fps
             last_start = timing.duration - 1.0 / fps  # time of the last frame, from the first
             span = (num_frames - 1) * step
-            if last_start + 1e-6 >= span:
+            if clip_fits(timing.duration, fps, num_frames, step):
                 slack = max(0.0, last_start - span)
                 offset = _uniform(rng, 0.0, slack) if start == "random" and rng is not None else slack / 2
                 # Snap to the source frame grid so a stride of k frames picks every k-th frame.
@@ -281,7 +331,8 @@ def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int,
                 times = [timing.start + offset + k * step for k in range(num_frames)]
                 tolerance = 0.5 / fps
                 picked = _decode_at_times(container, stream, times, tolerance,
-                                          seek=timing.demuxed or offset > tolerance)
+                                          seek=timing.demuxed or offset > tolerance,
+                                          last_frame_time=timing.start + last_start)
             else:
                 if short_clip == "skip":
                     raise ShortClipError(path, f"{timing.duration:.2f}s is shorter than the {span:.2f}s clip")

@@ -73,6 +73,7 @@ class LatentCache:
         self.video_dir = Path(root) / "latents" / f"{model.family}-{_digest([CACHE_FORMAT, identity, sampling])}"
         self.text_dir = Path(root) / "text" / f"{model.family}-{_digest([CACHE_FORMAT, identity])}"
         self.stats = CacheStats()
+        self._text_memory: dict[str, torch.Tensor] = {}  # prompts are few and small: keep them loaded
 
     def video_path(self, dataset, index: int) -> Path:
         return self.video_dir / f"{_digest(sample_identity(dataset, index))}.safetensors"
@@ -111,10 +112,13 @@ class LatentCache:
         return self.stats
 
     def embeds(self, prompts: list[str]) -> torch.Tensor:
-        missing = [p for p in prompts if not self.text_path(p).is_file()]
-        if missing:
-            raise KeyError(f"prompt not in the text cache: {missing[0]!r}")
-        return torch.stack([load_file(self.text_path(p))["embeds"] for p in prompts])
+        for prompt in prompts:
+            if prompt not in self._text_memory:
+                path = self.text_path(prompt)
+                if not path.is_file():
+                    raise KeyError(f"prompt not in the text cache: {prompt!r}")
+                self._text_memory[prompt] = load_file(path)["embeds"]
+        return torch.stack([self._text_memory[p] for p in prompts])
 
 
 def cached_prompts(dataset) -> list[str]:
