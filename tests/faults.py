@@ -30,3 +30,25 @@ class PoisonedClips(Dataset):
 
     def captions(self) -> list[str]:
         return [f"clip {i}" for i in range(len(self))]
+
+
+class CrashingClips(PoisonedClips):
+    """Kills the data loader worker process that reads item ``crash_index`` (like a decoder segfault)."""
+
+    def __init__(self, *, crash_index: int, **kwargs):
+        super().__init__(nan_epochs=[], **kwargs)
+        self.crash_index = crash_index
+
+    @property
+    def samples(self):
+        from t2v_exp.data.sources import Sample
+
+        return [Sample(f"/data/clip_{i:03d}.mp4", [f"clip {i}"], f"clip-{i}") for i in range(len(self))]
+
+    def __getitem__(self, index: int) -> dict:
+        if index == self.crash_index:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)

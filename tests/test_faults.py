@@ -152,3 +152,17 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(compose_train, tmp
         assert restored.state.step == int(kept[-1].name.split("-")[1]) and restored.trainable
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_crashing_loader_worker_names_the_files(compose_train, tmp_path):
+    from t2v_exp.engine.batches import DataLoadingError
+
+    cfg = compose_train([*FAST, "train.max_steps=4", "gpu.num_workers=1"], tmp_path)
+    with open_dict(cfg):
+        cfg.dataset = OmegaConf.create({
+            "_target_": "tests.faults.CrashingClips", "name": "crashing", "num_videos": 4, "crash_index": 2,
+            "num_frames": cfg.model.num_frames, "height": cfg.model.height, "width": cfg.model.width,
+        })
+    with pytest.raises(DataLoadingError) as caught:
+        run_training(cfg, tmp_path)
+    assert "/data/clip_002.mp4" in str(caught.value) and "worker" in str(caught.value)

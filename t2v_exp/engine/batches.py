@@ -84,9 +84,32 @@ class BatchStream:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             remaining = batches[self.position.batch:]
-            loader = DataLoader(self.dataset, batch_sampler=remaining, num_workers=self.num_workers,
-                                collate_fn=collate, pin_memory=self.pin_memory)
-            for batch in loader:
+            loader = iter(DataLoader(self.dataset, batch_sampler=remaining, num_workers=self.num_workers,
+                                     collate_fn=collate, pin_memory=self.pin_memory))
+            while True:
+                try:
+                    batch = next(loader)
+                except StopIteration:
+                    break
+                except RuntimeError as exc:  # e.g. "DataLoader worker (pid N) is killed by signal"
+                    raise DataLoadingError(self.describe_batch(epoch, self.position.batch), exc) from exc
                 self.position = DataPosition(epoch, self.position.batch + 1)
                 yield batch
             self.position = DataPosition(epoch + 1, 0)
+
+    def describe_batch(self, epoch: int, batch: int) -> str:
+        """The files of the batch being loaded (with workers, a few batches may be in flight)."""
+        batches = epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch,
+                                rank=self.rank, world_size=self.world_size)
+        in_flight = [i for b in batches[batch : batch + max(1, 2 * self.num_workers)] for i in b]
+        samples = getattr(self.dataset, "samples", None)
+        names = [str(samples[i].path) if samples is not None else f"item {i}" for i in in_flight]
+        return f"epoch {epoch}, batch {batch}: " + ", ".join(names)
+
+
+class DataLoadingError(RuntimeError):
+    """A data loader worker died; the message names the files it was reading."""
+
+    def __init__(self, where: str, cause: BaseException):
+        super().__init__(f"Data loading failed at {where} ({type(cause).__name__}: {cause}). One of these files "
+                         f"crashed the decoder: remove or re-encode it, or run with gpu.num_workers=0 to see it directly.")
