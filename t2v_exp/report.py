@@ -1,7 +1,8 @@
 """Sweep report: ``python -m t2v_exp.report sweep_dir=outputs/sweeps/<sweep>``.
 
 Reads every job directory of a sweep and writes report.md, report.html and PNG plots (into the
-sweep dir by default), and logs the table to W&B. Also called automatically after a multirun.
+sweep dir by default), and logs the table to W&B. The sweep calls ``write_report`` itself after a
+multirun; this entrypoint rebuilds the report of any sweep, finished or not.
 """
 
 from __future__ import annotations
@@ -10,61 +11,86 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .reporting.collect import collect_jobs, metric_columns
+from .reporting.collect import JobRow, collect_jobs, sweep_params
 from .reporting.html import render_html
-from .reporting.markdown import render_markdown, score_cell
+from .reporting.markdown import render_markdown
 from .reporting.plots import loss_curves, metric_bars
+from .reporting.table import wandb_table
 
 log = logging.getLogger("t2v_exp.report")
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None, log_to_wandb: bool = True, logger_cfg=None) -> dict:
+    """Write report.md, report.html, loss_curves.png and metrics_before_after.png into ``out_dir``
+    (default: the sweep dir). Returns the written paths and job counts."""
     sweep_dir = Path(sweep_dir).expanduser()
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep_dir={sweep_dir} is not a directory")
-    out_dir = Path(out_dir or sweep_dir)
+        raise FileNotFoundError(f"sweep_dir={sweep_dir} is not a directory (pass outputs/sweeps/<sweep>)")
+    out_dir = Path(out_dir).expanduser() if out_dir else sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect_jobs(sweep_dir)
+    swept = sweep_params(sweep_dir)
     plots = {"Training loss": loss_curves(rows, out_dir / "loss_curves.png"),
-             "Metrics before / after fine-tuning": metric_bars(rows, out_dir / "metrics_before_after.png")}
-    md_plots = {title: (path.name if path else None) for title, path in plots.items()}
-    (out_dir / "report.md").write_text(render_markdown(rows, md_plots))
-    (out_dir / "report.html").write_text(render_html(rows, plots, out_dir))
+             "Metrics base vs fine-tuned": metric_bars(rows, out_dir / "metrics_before_after.png")}
+    # Remove a stale plot from an earlier report so the page never shows data that is gone.
+    for default_name, path in zip(("loss_curves.png", "metrics_before_after.png"), plots.values(), strict=True):
+        if path is None:
+            (out_dir / default_name).unlink(missing_ok=True)
+    (out_dir / "report.md").write_text(
+        render_markdown(rows, {t: (p.name if p else None) for t, p in plots.items()}, swept), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(rows, plots, out_dir, swept), encoding="utf-8")
+    result = {"jobs": len(rows), "ok": sum(r.ok for r in rows), "markdown": str(out_dir / "report.md"),
+              "html": str(out_dir / "report.html"), "plots": [str(p) for p in plots.values() if p], "wandb": None}
     if log_to_wandb:
-        log_table(rows, out_dir, logger_cfg, sweep_dir.name)
-    log.info("Report for %d job(s): %s", len(rows), out_dir / "report.md")
-    return {"jobs": len(rows), "ok": sum(r.status == "ok" for r in rows), "report": str(out_dir / "report.md")}
+        try:
+            result["wandb"] = log_table(rows, out_dir, logger_cfg, sweep_dir)
+        except Exception as exc:  # noqa: BLE001 - the files above are the report; W&B is a mirror
+            log.warning("Report table not logged to W&B (%s: %s); the files are written. "
+                        "Retry offline with WANDB_MODE=offline or skip with wandb=false.", type(exc).__name__, exc)
+    log.info("Report for %d job(s) (%d ok): %s", result["jobs"], result["ok"], result["html"])
+    return result
 
 
-def log_table(rows, out_dir: Path, logger_cfg, sweep_name: str) -> None:
+def _cfg_value(cfg, key: str, default=None):
+    value = cfg.get(key, default) if cfg is not None else default
+    return getattr(value, "value", value)  # structured configs hold enums
+
+
+def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path) -> str | None:
+    """Log the table as a ``wandb.Table`` in its own run (job_type="report"); returns the run dir."""
     import wandb
 
     from .engine.tracking import wandb_mode
 
-    mode = wandb_mode(str(getattr(getattr(logger_cfg, "mode", "auto"), "value", getattr(logger_cfg, "mode", "auto"))))
-    columns = metric_columns(rows)
-    table = wandb.Table(columns=["job", "model", "dataset", "status", "final_loss", "trainable",
-                                 *[f"{m}/{k}" for m, k in columns]])
-    for row in rows:
-        table.add_data(row.name, row.model, row.dataset, row.status, row.final_loss, row.trainable,
-                       *[score_cell(row, m, k) for m, k in columns])
-    run = wandb.init(project=getattr(logger_cfg, "project", None) or "t2v_exp",
-                     entity=getattr(logger_cfg, "entity", None), group=getattr(logger_cfg, "group", None) or sweep_name,
-                     job_type="report", name=f"report-{sweep_name}", dir=str(out_dir), mode=mode,
-                     reinit="finish_previous", settings=wandb.Settings(console="off", silent=True))
+    mode = wandb_mode(str(_cfg_value(logger_cfg, "mode", "auto") or "auto"))  # auto: WANDB_MODE, then login
+    if mode == "disabled":
+        return None
+    header, data = wandb_table(rows)
+    sweep_name = sweep_dir.resolve().name
+    wandb_dir = out_dir / "wandb"
+    wandb_dir.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temp dir when it is missing
+    run = wandb.init(project=_cfg_value(logger_cfg, "project") or "t2v_exp", entity=_cfg_value(logger_cfg, "entity"),
+                     group=_cfg_value(logger_cfg, "group") or sweep_name, job_type="report",
+                     name=f"report-{sweep_name}", tags=list(_cfg_value(logger_cfg, "tags") or []),
+                     dir=str(out_dir), mode=mode, reinit="finish_previous",
+                     config={"sweep_dir": str(sweep_dir), "jobs": len(rows)},
+                     settings=wandb.Settings(console="off", silent=True))
     try:
-        run.log({"report/jobs": table})
-        run.summary.update({"report/jobs_ok": sum(r.status == "ok" for r in rows), "report/jobs": len(rows)})
+        run.log({"report/jobs": wandb.Table(columns=header, data=data)})
+        run.summary.update({"report/jobs_ok": sum(r.ok for r in rows), "report/jobs_total": len(rows)})
+        return str(Path(run.dir).parent)
     finally:
-        run.finish()
+        run.finish()  # always: a later wandb.init in this process must not resume this run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "sweep_dir"):
+        raise SystemExit("error: sweep_dir is required: python -m t2v_exp.report sweep_dir=outputs/sweeps/<sweep>")
     try:
-        write_report(Path(cfg.sweep_dir), Path(cfg.out_dir) if cfg.out_dir else None, cfg.wandb, cfg.logger)
+        write_report(Path(cfg.sweep_dir), Path(cfg.out_dir) if cfg.out_dir else None, bool(cfg.wandb), cfg.logger)
     except FileNotFoundError as exc:
         raise SystemExit(f"error: {exc}") from None
 

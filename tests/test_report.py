@@ -1,4 +1,5 @@
-"""Sweep report from a sweep directory laid out like a real one (two jobs ok, one failed)."""
+"""Sweep report from a sweep directory laid out like a real one: two jobs ok (different families),
+one failed with only status.json and a metrics.jsonl cut short by the kill."""
 
 from __future__ import annotations
 
@@ -18,84 +19,176 @@ from t2v_exp.report import write_report
 
 from .conftest import REPO
 
+VIDEOS = ("000_a_red_circle_moving_right.mp4", "001_a_blue_square_bouncing.mp4")
 
-def eval_dir(path: Path, ssim: float, finetuned: bool) -> None:
-    metrics = {"temporal": {"status": "ok", "temporal_ssim": ssim, "motion": 0.1, "seconds": 0.2},
-               "fvd": {"status": "skipped", "reason": "I3D weights not found", "fix": "set ..."}}
+
+def eval_dir(path: Path, ssim: float, clip: float, baseline: dict | None = None) -> dict:
+    metrics = {
+        "temporal": {"status": "ok", "temporal_ssim": ssim, "temporal_psnr": 14.2, "motion": 0.15,
+                     "protocol": {"pairs": "consecutive"}, "seconds": 0.1},
+        "fvd": {"status": "skipped", "reason": "I3D weights not found", "fix": "set metrics.fvd.weights"},
+        "clip_score": {"status": "ok", "clip_sim": clip / 100, "clip_score": clip, "seconds": 2.0},
+    }
+    report = {"mode": "run_dir", "model": "m", "dataset": "shapes", "num_videos": 2, "frames": 4,
+              "resolution": [16, 16], "metrics": metrics}
+    if baseline:  # the fine-tuned evaluation carries its own comparison, as the evaluator writes it
+        report["comparison"] = {"temporal": {"temporal_ssim": {"baseline": baseline["temporal"]["temporal_ssim"],
+                                                               "current": ssim}}}
     path.mkdir(parents=True)
-    (path / "metrics.json").write_text(json.dumps({"finetuned": finetuned, "num_videos": 2, "frames": 4,
-                                                   "resolution": [16, 16], "metrics": metrics}))
-    frames = np.full((4, 16, 16, 3), 100, np.uint8)
-    for i in range(2):
-        write_video(path / "videos" / f"00{i}_a_red_circle.mp4", frames, fps=8)
+    (path / "metrics.json").write_text(json.dumps(report))
+    rng = np.random.default_rng(int(ssim * 100))
+    for name in VIDEOS:
+        write_video(path / "videos" / name, rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), fps=8)
+    return metrics
 
 
-def ok_job(sweep: Path, num: int, model: str, family: str, before: float, after: float) -> None:
+def ok_job(sweep: Path, num: int, model: str, family: str, finetune: str, scores: tuple[float, float]) -> None:
     job = sweep / f"{num}_{model}_shapes"
     job.mkdir(parents=True)
-    (job / "status.json").write_text(json.dumps({"status": "ok", "model": model, "dataset": "shapes",
-                                                 "wall_time_s": 120.0, "gpu_hours": 0.5, "error": None}))
-    (job / "config.yaml").write_text(f"model:\n  name: {model}\n  family: {family}\n  finetune: lora\n"
+    (job / "status.json").write_text(json.dumps({
+        "status": "ok", "error": None, "traceback": None, "model": model, "dataset": "shapes",
+        "experiment": f"{model}_exp", "wall_time_s": 125.0, "gpu_hours": 0.0, "num_gpus": 0, "device_name": "cpu"}))
+    (job / "config.yaml").write_text(f"model:\n  name: {model}\n  family: {family}\n  finetune: {finetune}\n"
                                      f"  lora:\n    rank: 4\ndataset:\n  name: shapes\n")
-    (job / "summary.json").write_text(json.dumps({"params/trainable": 1000, "params/trainable_pct": 1.5,
-                                                  "final_loss": 0.25}))
-    (job / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "train/loss": 1.0 / s,
-                                                             "train/peak_mem_mb": 100.0 + s}) for s in (1, 2, 3)))
-    eval_dir(job / "eval_base", before, False)
-    eval_dir(job / "eval", after, True)
+    (job / "summary.json").write_text(json.dumps({"params/trainable": 22528, "params/total": 1593307,
+                                                  "params/trainable_pct": 1.414, "final_loss": 0.25, "step": 3}))
+    # Peak memory is highest at step 2, not at the last step: the table must show the max.
+    records = [{"step": s, "train/loss": 1.0 / (s + num), "train/lr": 1e-4, "train/peak_mem_mb": peak}
+               for s, peak in ((1, 100.0), (2, 321.6), (3, 300.0))]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    base = eval_dir(job / "eval_base", scores[0], 29.0)
+    eval_dir(job / "eval", scores[1], 31.0, baseline=base)
+
+
+def failed_job(sweep: Path) -> None:
+    job = sweep / "1_cogvideox_tiny_shapes"
+    job.mkdir(parents=True)
+    (job / "status.json").write_text(json.dumps({
+        "status": "failed", "error": "ValueError: frames=8 is not 4k+1 <try 9>\nsecond line", "model": "cogvideox_tiny",
+        "dataset": "shapes", "experiment": None, "wall_time_s": 3.0, "gpu_hours": 0.0, "num_gpus": 0,
+        "device_name": "cpu", "traceback": "Traceback (most recent call last):\n  File x\nValueError: frames=8"}))
+    (job / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0, "train/peak_mem_mb": 50}\n{"step": 2, "train/lo')
 
 
 @pytest.fixture
-def sweep(tmp_path):
+def sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
-    ok_job(root, 0, "modelscope_tiny", "modelscope", 0.50, 0.60)
-    ok_job(root, 2, "animatediff_tiny", "animatediff", 0.40, 0.30)
-    failed = root / "1_cogvideox_tiny_shapes"
-    failed.mkdir()
-    (failed / "status.json").write_text(json.dumps({"status": "failed", "model": "cogvideox_tiny",
-                                                    "dataset": "shapes", "error": "ConfigError: frames not 4k+1\nmore"}))
-    (failed / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/lo')  # cut by a kill
+    ok_job(root, 0, "modelscope_tiny", "modelscope", "lora", (0.50, 0.60))
+    failed_job(root)
+    ok_job(root, 2, "animatediff_tiny", "animatediff", "full", (0.40, 0.30))
     return root
 
 
-def test_markdown_rows_changes_and_failed_job(sweep):
-    write_report(sweep, log_to_wandb=False)
-    rows = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| ")]
-    assert [r.split(" | ")[0] for r in rows[1:]] == ["| 0_modelscope_tiny_shapes", "| 1_cogvideox_tiny_shapes",
-                                                     "| 2_animatediff_tiny_shapes"]
-    assert "0.5 → 0.6 (+20.0%)" in rows[1] and "1,000 (1.50%)" in rows[1] and "lora r4" in rows[1]
-    assert "0.4 → 0.3 (-25.0%)" in rows[3]
-    assert "**FAILED**: ConfigError: frames not 4k+1" in rows[2] and "more" not in rows[2]
-    assert "`fvd` not computed: I3D weights not found" in (sweep / "report.md").read_text()
+def markdown_table(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")), strict=True)) for line in lines[1:]]
 
 
-def test_html_pairs_base_and_finetuned_videos_and_plots_are_images(sweep):
+def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
+    result = write_report(sweep, log_to_wandb=False)
+    text = (sweep / "report.md").read_text()
+    rows = markdown_table(text)
+    assert [r["job"] for r in rows] == ["0_modelscope_tiny_shapes", "1_cogvideox_tiny_shapes", "2_animatediff_tiny_shapes"]
+    ms, cog, ad = rows
+    assert ms["fine-tune"] == "lora r4" and ad["fine-tune"] == "full"
+    assert ms["trainable params (% of base)"] == "22,528 (1.41%)"
+    assert ms["peak mem (MB)"] == "322" and ms["final loss"] == "0.25" and ms["wall time"] == "2m 05s"
+    assert list(ms)[:2] == ["job", "status"]
+    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 → 0.6 (+20.0%)"
+    assert ad["temporal/temporal_ssim base → tuned"] == "0.4 → 0.3 (-25.0%)"
+    assert ms["clip_score/clip_score base → tuned"] == "29 → 31 (+6.9%)"
+    assert not any("seconds" in h or "protocol" in h for h in ms)  # bookkeeping, not scores
+    assert ms["status"] == "ok"
+    # <...> is backslash-escaped: a markdown viewer would swallow it as an HTML tag.
+    assert cog["status"] == "**FAILED: ValueError: frames=8 is not 4k+1 \\<try 9\\>**"
+    assert cog["final loss"] == "2" and cog["peak mem (MB)"] == "50"  # from the partial metrics.jsonl
+    assert cog["temporal/temporal_ssim base → tuned"] == "–"
+    assert "second line" not in text.split("## Protocol")[0]
+    assert "2 videos of 4 frames at 16×16 px" in text
+    assert ("`fvd` skipped: I3D weights not found; fix: set metrics.fvd.weights "
+            "(0_modelscope_tiny_shapes, 2_animatediff_tiny_shapes)") in text
+    assert "![Training loss](loss_curves.png)" in text
+    assert result["jobs"] == 3 and result["ok"] == 2
+
+
+def test_html_table_videos_side_by_side_and_plots(sweep):
     write_report(sweep, log_to_wandb=False)
     page = (sweep / "report.html").read_text()
-    assert "<table>" in page and 'class="failed"' in page
-    sources = re.findall(r'<video[^>]* src="([^"]+)"', page)
+    assert "<table>" in page and page.count("<tr class='failed'>") == 1
+    assert "0.5 → 0.6 (+20.0%)" in page
+    # Text from job files is escaped, never markup.
+    assert "&lt;try 9&gt;" in page and "<try 9>" not in page
+    assert "<details><summary>1_cogvideox_tiny_shapes" in page  # the traceback, folded
+    sources = re.findall(r'<video[^>]*\ssrc="([^"]+)"', page)
     assert len(sources) == 8  # 2 ok jobs x 2 prompts x (base, fine-tuned)
-    assert all((sweep / src).is_file() for src in sources)
-    assert any("/eval_base/" in s for s in sources) and any("/eval/" in s for s in sources)
+    assert all(not Path(s).is_absolute() and (sweep / s).is_file() for s in sources)
+    pairs = list(zip(sources[::2], sources[1::2], strict=True))
+    for base, tuned in pairs:  # same file name: same prompt and seed
+        assert "/eval_base/videos/" in base and "/eval/videos/" in tuned
+        assert Path(base).name == Path(tuned).name and Path(base).parent.parent.parent == Path(tuned).parent.parent.parent
     for name in ("loss_curves.png", "metrics_before_after.png"):
         with Image.open(sweep / name) as image:
-            assert image.format == "PNG" and image.size[0] > 100
-        assert name in page
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+        assert f"src='{name}'" in page
+
+
+def test_report_elsewhere_links_back_into_the_sweep(sweep, tmp_path):
+    out = tmp_path / "reports" / "compare"
+    write_report(sweep, out_dir=out, log_to_wandb=False)
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'\ssrc=["\']([^"\']+)["\']', page)
+    assert sources and all((out / s).is_file() for s in sources)
+    assert any(s.startswith("../../sweep/") for s in sources)
+    assert not (sweep / "report.md").exists()
+
+
+def test_jobs_without_data_are_reported_and_plots_skipped(tmp_path):
+    root = tmp_path / "sweep"
+    (root / "0_modelscope_tiny_shapes").mkdir(parents=True)  # died before writing anything
+    killed = root / "1_cogvideox_tiny_shapes"
+    killed.mkdir()
+    (killed / "status.json").write_text(json.dumps({"status": "running", "model": "cogvideox_tiny"}))
+    (killed / "summary.json").write_text('{"params/trainable": 1')  # cut mid-write
+    (root / "wandb").mkdir()  # not a job dir
+    (root / "loss_curves.png").write_bytes(b"stale")  # from an earlier report of this sweep
+    write_report(root, log_to_wandb=False)
+    text = (root / "report.md").read_text()
+    rows = markdown_table(text)
+    assert [r["model"] for r in rows] == ["?", "cogvideox_tiny"]
+    assert rows[0]["status"].startswith("**INCOMPLETE: no status.json")
+    assert rows[1]["status"].startswith("**INCOMPLETE: status.json still says 'running'")
+    assert "- Training loss: skipped, no data to plot." in text
+    assert "- Metrics base vs fine-tuned: skipped, no data to plot." in text
+    assert not (root / "loss_curves.png").exists() and not (root / "metrics_before_after.png").exists()
+    assert "No job wrote sample videos." in (root / "report.html").read_text()
 
 
 def test_report_logs_a_wandb_table_offline(sweep, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    write_report(sweep, log_to_wandb=True)
+    result = write_report(sweep, log_to_wandb=True)
     runs = list((sweep / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")) and result["wandb"] == str(runs[0])
+    (table_file,) = runs[0].glob("files/media/table/report/jobs_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert len(table["data"]) == 3
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert row["temporal/temporal_ssim % change"] == pytest.approx(20.0)
+    assert row["peak_mem_mb"] == pytest.approx(321.6) and row["status"] == "ok"
 
 
-def test_cli(sweep, tmp_path):
-    out = tmp_path / "elsewhere"
-    result = subprocess.run([sys.executable, "-m", "t2v_exp.report", f"sweep_dir={sweep}", f"out_dir={out}",
-                             "wandb=false"], cwd=REPO, env={**os.environ}, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (out / "report.md").is_file() and (out / "report.html").is_file()
-    missing = subprocess.run([sys.executable, "-m", "t2v_exp.report", f"sweep_dir={tmp_path}/none", "wandb=false"],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert missing.returncode != 0 and "is not a directory" in missing.stderr
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "t2v_exp.report", *args, f"hydra.run.dir={cwd}/hydra"],
+                          cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_writes_the_report_and_explains_a_bad_sweep_dir(sweep, tmp_path):
+    done = run_cli(f"sweep_dir={sweep}", "wandb=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (sweep / "report.md").is_file() and (sweep / "report.html").is_file()
+    missing = run_cli(cwd=tmp_path)
+    assert missing.returncode != 0 and "sweep_dir is required" in missing.stderr
+    wrong = run_cli(f"sweep_dir={tmp_path}/nope", "wandb=false", cwd=tmp_path)
+    assert wrong.returncode != 0 and "is not a directory" in wrong.stderr

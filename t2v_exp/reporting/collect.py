@@ -1,15 +1,25 @@
-"""Read a sweep directory into one row per job, tolerating whatever a failed job left behind."""
+"""Read a sweep directory into one row per job, tolerating whatever a failed job left behind.
+
+Every reader here returns "nothing" for a missing, truncated or malformed file instead of raising:
+a report is most needed exactly when some jobs died half-way.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# Keys of a metric entry that are bookkeeping, not scores (same rule as t2v_exp.evaluation).
 NOT_SCORES = {"seconds", "status"}
+# A job whose status.json still says "running" after the sweep ended was killed before it could
+# write its final status (OOM killer, SLURM time limit, Ctrl-C of the whole sweep).
+UNFINISHED = {"running", "incomplete", "unknown"}
 
 
 @dataclass
@@ -17,11 +27,13 @@ class JobRow:
     directory: Path
     name: str
     status: str = "incomplete"
-    error: str | None = None
+    error: str | None = None  # first line only: the table cell
+    traceback: str | None = None  # the whole thing: a collapsible block in the HTML page
     model: str = "?"
-    family: str = "?"
+    family: str | None = None
     dataset: str = "?"
-    finetune: str = "?"
+    experiment: str | None = None
+    finetune: str | None = None
     lora_rank: int | None = None
     trainable: int | None = None
     trainable_pct: float | None = None
@@ -31,89 +43,208 @@ class JobRow:
     peak_mem_mb: float | None = None
     final_loss: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
-    before: dict[str, dict[str, float]] = field(default_factory=dict)
-    after: dict[str, dict[str, float]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    eval_protocol: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> score -> value (eval_base)
+    after: dict[str, dict[str, float]] = field(default_factory=dict)  # same, fine-tuned (eval)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it has no score
+    protocol: dict[str, Any] = field(default_factory=dict)  # num_videos, frames, resolution
     videos: list[tuple[str, Path | None, Path | None]] = field(default_factory=list)  # name, base, tuned
 
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
-def _json(path: Path) -> dict | None:
+    @property
+    def finetune_label(self) -> str:
+        if self.finetune is None:
+            return "?"
+        return f"{self.finetune} r{self.lora_rank}" if self.lora_rank else self.finetune
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``, or None when absent, cut short or not an object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        if path.exists():
-            log.warning("unreadable %s: %s", path, exc)
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable %s: %s", path, exc)
+        return None
+    return value if isinstance(value, dict) else None
 
 
-def scores(metrics: dict) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+def number(value: Any) -> float | None:
+    """A real number or None: JSON may hold null, strings, booleans or NaN where a score should be."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def scores(metrics: Any) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Numeric scores of every ok metric, and the reason of every skipped/failed one."""
-    found, skipped = {}, {}
-    for name, entry in (metrics or {}).items():
+    found: dict[str, dict[str, float]] = {}
+    skipped: dict[str, str] = {}
+    for name, entry in (metrics if isinstance(metrics, dict) else {}).items():
+        if not isinstance(entry, dict):
+            continue
         if entry.get("status") == "ok":
-            found[name] = {k: float(v) for k, v in entry.items()
-                           if k not in NOT_SCORES and isinstance(v, int | float) and not isinstance(v, bool)}
+            values = {k: number(v) for k, v in entry.items() if k not in NOT_SCORES}
+            found[name] = {k: v for k, v in values.items() if v is not None}
         else:
-            skipped[name] = entry.get("reason") or entry.get("error") or entry.get("status", "?")
+            reason = _first_line(entry.get("reason") or entry.get("error")) or f"status {entry.get('status')!r}"
+            fix = _first_line(entry.get("fix"))
+            skipped[name] = f"{reason}; fix: {fix}" if fix else reason
     return found, skipped
+
+
+def _first_line(text: Any) -> str | None:
+    lines = [line for line in str(text or "").strip().splitlines() if line.strip()]
+    return lines[0].strip() if lines else None
+
+
+def _read_status(row: JobRow, directory: Path) -> None:
+    status = read_json(directory / "status.json")
+    if status is None:
+        row.status = "incomplete"
+        row.error = "no status.json: the job died before reporting (killed, out of memory?)"
+        return
+    row.status = str(status.get("status") or "unknown")
+    row.traceback = status.get("traceback") or None
+    # The error's first line; failing that, the traceback's last line names the exception.
+    row.error = _first_line(status.get("error"))
+    if row.error is None and row.traceback:
+        row.error = row.traceback.strip().splitlines()[-1].strip()
+    if row.status in UNFINISHED:
+        row.error = row.error or f"status.json still says {row.status!r}: the job was killed before it ended"
+        row.status = "incomplete"
+    row.model = str(status.get("model") or row.model)
+    row.dataset = str(status.get("dataset") or row.dataset)
+    row.experiment = status.get("experiment") or None
+    row.wall_time_s, row.gpu_hours = number(status.get("wall_time_s")), number(status.get("gpu_hours"))
+    row.device = status.get("device_name") or None
+
+
+def _read_config(row: JobRow, directory: Path) -> None:
+    path = directory / "config.yaml"
+    if not path.is_file():
+        return
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as exc:  # noqa: BLE001 - a malformed YAML file is one more thing a dead job leaves
+        log.warning("unreadable %s: %s", path, exc)
+        return
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict):
+        row.model = str(model.get("name") or row.model)
+        row.family = model.get("family") or None
+        row.finetune = str(model["finetune"]) if model.get("finetune") is not None else None
+        lora = model.get("lora")
+        if row.finetune == "lora" and isinstance(lora, dict):
+            row.lora_rank = lora.get("rank")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if isinstance(dataset, dict):
+        row.dataset = str(dataset.get("name") or row.dataset)
+
+
+def _read_summary(row: JobRow, directory: Path) -> None:
+    summary = read_json(directory / "summary.json") or {}
+    trainable, total = number(summary.get("params/trainable")), number(summary.get("params/total"))
+    row.trainable = int(trainable) if trainable is not None else None
+    row.trainable_pct = number(summary.get("params/trainable_pct"))
+    if row.trainable_pct is None and trainable is not None and total:
+        row.trainable_pct = 100.0 * trainable / total
+    row.final_loss = number(summary.get("final_loss"))
+
+
+def _read_metrics_log(row: JobRow, directory: Path) -> None:
+    try:
+        lines = (directory / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return
+    peaks = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the last line of a killed job is often cut in half
+        if not isinstance(record, dict):
+            continue
+        step, loss = number(record.get("step")), number(record.get("train/loss"))
+        if step is not None and loss is not None:
+            row.losses.append((int(step), loss))
+        peak = number(record.get("train/peak_mem_mb"))
+        if peak is not None:
+            peaks.append(peak)
+    row.peak_mem_mb = max(peaks) if peaks else None
+    if row.final_loss is None and row.losses:
+        row.final_loss = row.losses[-1][1]  # summary.json is only complete for finished jobs
+
+
+def _read_evals(row: JobRow, directory: Path) -> None:
+    base, tuned = read_json(directory / "eval_base" / "metrics.json"), read_json(directory / "eval" / "metrics.json")
+    for report, is_base in ((base, True), (tuned, False)):
+        if report is None:
+            continue
+        found, skipped = scores(report.get("metrics"))
+        if is_base:
+            row.before = found
+        else:
+            row.after = found
+        for name, reason in skipped.items():
+            row.skipped.setdefault(name, reason)
+        # Read base first, then fine-tuned: the fine-tuned protocol wins (they share it by construction).
+        row.protocol = {k: report.get(k) for k in ("num_videos", "frames", "resolution")}
+    # Base and fine-tuned files share names (same prompt, same seed): pair them by name, keeping
+    # the unpaired ones so a job that died between the two evaluations still shows its samples.
+    base_videos = {p.name: p for p in sorted((directory / "eval_base" / "videos").glob("*.mp4"))}
+    tuned_videos = {p.name: p for p in sorted((directory / "eval" / "videos").glob("*.mp4"))}
+    for name in sorted(base_videos.keys() | tuned_videos.keys()):
+        row.videos.append((name, base_videos.get(name), tuned_videos.get(name)))
 
 
 def read_job(directory: Path) -> JobRow:
     row = JobRow(directory=directory, name=directory.name)
-    status = _json(directory / "status.json") or {}
-    row.status = status.get("status", "incomplete")
-    row.error = (status.get("error") or "").splitlines()[0] if status.get("error") else None
-    row.model = status.get("model", row.model)
-    row.dataset = status.get("dataset", row.dataset)
-    row.wall_time_s, row.gpu_hours = status.get("wall_time_s"), status.get("gpu_hours")
-    row.device = status.get("device_name")
-    config_path = directory / "config.yaml"
-    if config_path.is_file():
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(OmegaConf.load(config_path))
-        model = config.get("model", {})
-        row.model, row.family = model.get("name", row.model), model.get("family", row.family)
-        row.finetune = str(model.get("finetune", "?"))
-        row.lora_rank = (model.get("lora") or {}).get("rank") if row.finetune == "lora" else None
-        row.dataset = config.get("dataset", {}).get("name", row.dataset)
-    summary = _json(directory / "summary.json") or {}
-    row.trainable, row.trainable_pct = summary.get("params/trainable"), summary.get("params/trainable_pct")
-    row.final_loss = summary.get("final_loss")
-    metrics_file = directory / "metrics.jsonl"
-    if metrics_file.is_file():
-        peaks = []
-        for line in metrics_file.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if isinstance(record.get("train/loss"), int | float) and record.get("step") is not None:
-                row.losses.append((int(record["step"]), float(record["train/loss"])))
-            if isinstance(record.get("train/peak_mem_mb"), int | float):
-                peaks.append(float(record["train/peak_mem_mb"]))
-        row.peak_mem_mb = max(peaks) if peaks else None
-        if row.final_loss is None and row.losses:
-            row.final_loss = row.losses[-1][1]
-    base, tuned = _json(directory / "eval_base" / "metrics.json"), _json(directory / "eval" / "metrics.json")
-    if base:
-        row.before, _ = scores(base.get("metrics"))
-    if tuned:
-        row.after, row.skipped = scores(tuned.get("metrics"))
-        row.eval_protocol = {k: tuned.get(k) for k in ("num_videos", "frames", "resolution")}
-    tuned_videos = sorted((directory / "eval" / "videos").glob("*.mp4"))
-    base_dir = directory / "eval_base" / "videos"
-    for video in tuned_videos:
-        twin = base_dir / video.name
-        row.videos.append((video.name, twin if twin.is_file() else None, video))
+    _read_status(row, directory)
+    _read_config(row, directory)
+    _read_summary(row, directory)
+    _read_metrics_log(row, directory)
+    _read_evals(row, directory)
     return row
 
 
+def job_number(directory: Path) -> int | None:
+    """Hydra's sweep subdir is ``<job num>_<model>_<dataset>`` (or a bare number by default)."""
+    head = directory.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def collect_jobs(sweep_dir: Path) -> list[JobRow]:
-    """Job dirs are the sweep's subdirectories named ``<job number>_...``, in job order."""
-    jobs = [d for d in Path(sweep_dir).iterdir() if d.is_dir() and d.name.split("_", 1)[0].isdigit()]
-    return [read_job(d) for d in sorted(jobs, key=lambda d: int(d.name.split("_", 1)[0]))]
+    """One row per job directory of the sweep, in job order."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and job_number(d) is not None]
+    if not jobs:
+        hint = ("it looks like a single run dir; pass the sweep dir that holds it"
+                if (sweep_dir / "status.json").is_file() or (sweep_dir / "config.yaml").is_file()
+                else "expected subdirectories like 0_modelscope_tiny_shapes (see outputs/sweeps/)")
+        raise FileNotFoundError(f"sweep_dir={sweep_dir} has no job directories: {hint}")
+    return [read_job(d) for d in sorted(jobs, key=lambda d: (job_number(d), d.name))]
+
+
+def sweep_params(sweep_dir: Path) -> dict[str, str]:
+    """What the sweep varied (``experiment: a,b,c``), from Hydra's multirun.yaml when present."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        config = OmegaConf.load(path)
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        return {str(k): str(v) for k, v in (OmegaConf.to_container(params) or {}).items()} if params else {}
+    except Exception as exc:  # noqa: BLE001 - the report does not need it
+        log.warning("unreadable %s: %s", path, exc)
+        return {}
 
 
 def pct_change(before: float | None, after: float | None) -> float | None:
@@ -123,10 +254,11 @@ def pct_change(before: float | None, after: float | None) -> float | None:
 
 
 def metric_columns(rows: list[JobRow]) -> list[tuple[str, str]]:
-    """(metric, score) pairs present in any job, in a stable order."""
+    """(metric, score) pairs present in any job, in first-seen order."""
     seen: dict[tuple[str, str], None] = {}
     for row in rows:
-        for metric, values in {**row.before, **row.after}.items():
-            for key in values:
-                seen[(metric, key)] = None
+        for side in (row.before, row.after):
+            for metric, values in side.items():
+                for key in values:
+                    seen[(metric, key)] = None
     return list(seen)

@@ -1,63 +1,72 @@
-"""report.md: one row per job, every score before -> after with % change."""
+"""report.md: one row per job, every score base → fine-tuned with % change, then the protocol."""
 
 from __future__ import annotations
 
-from .collect import JobRow, metric_columns, pct_change
+from .collect import JobRow
+from .table import STATUS, columns
 
 
-def fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
+def md_cell(text: str) -> str:
+    # A pipe would split the cell, a newline would end the row, and <...> from an error message
+    # would be read as an HTML tag and vanish.
+    return escape_md(" ".join(text.split("\n"))).replace("|", "\\|")
 
 
-def fmt_params(row: JobRow) -> str:
-    if row.trainable is None:
-        return "–"
-    pct = f" ({row.trainable_pct:.2f}%)" if row.trainable_pct is not None else ""
-    return f"{row.trainable:,}{pct}"
+def escape_md(text: str) -> str:
+    return text.replace("<", "\\<").replace(">", "\\>")
 
 
-def score_cell(row: JobRow, metric: str, key: str) -> str:
-    before = row.before.get(metric, {}).get(key)
-    after = row.after.get(metric, {}).get(key)
-    if before is None and after is None:
-        return "–"
-    change = pct_change(before, after)
-    suffix = f" ({change:+.1f}%)" if change is not None else ""
-    return f"{fmt(before)} → {fmt(after)}{suffix}"
-
-
-def status_cell(row: JobRow) -> str:
-    if row.status == "ok":
-        return "ok"
-    return f"**{row.status.upper()}**" + (f": {row.error}" if row.error else "")
-
-
-def render_markdown(rows: list[JobRow], plots: dict[str, str | None]) -> str:
-    columns = metric_columns(rows)
-    header = ["job", "model", "dataset", "fine-tune", "trainable params (% of base)", "wall time (min)",
-              "GPU-hours", "peak mem (MB)", "final loss", *[f"{m}/{k} before → after" for m, k in columns], "status"]
-    lines = ["# Sweep report", "", f"{len(rows)} job(s); {sum(r.status == 'ok' for r in rows)} ok.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def md_table(rows: list[JobRow]) -> list[str]:
+    cols = columns(rows)
+    lines = ["| " + " | ".join(md_cell(c.header) for c in cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        finetune = f"{row.finetune} r{row.lora_rank}" if row.lora_rank else row.finetune
-        cells = [row.name, row.model, row.dataset, finetune, fmt_params(row),
-                 fmt(row.wall_time_s / 60 if row.wall_time_s is not None else None, 3), fmt(row.gpu_hours, 3),
-                 fmt(row.peak_mem_mb, 5), fmt(row.final_loss), *[score_cell(row, m, k) for m, k in columns],
-                 status_cell(row)]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", "## Protocol", ""]
+        # Bold status so a failed job cannot pass for a finished one at a glance.
+        cells = [md_cell(c.text(row)) if row.ok or c.header != STATUS else f"**{md_cell(c.text(row))}**"
+                 for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """{value: [job names]} in first-seen order, so identical notes are written once."""
+    groups: dict[str, list[str]] = {}
+    for job, value in pairs:
+        groups.setdefault(value, []).append(job)
+    return groups
+
+
+def protocol_notes(rows: list[JobRow]) -> list[str]:
+    """Plain-text notes (with `code` marks) on what was evaluated and what was skipped, and why."""
+    notes = []
+    described = []
     for row in rows:
-        if row.eval_protocol:
-            p = row.eval_protocol
-            lines.append(f"- {row.name}: {p.get('num_videos')} videos, {p.get('frames')} frames, "
-                         f"{p.get('resolution')} px; base and fine-tuned share prompts and seeds.")
-        for metric, reason in row.skipped.items():
-            lines.append(f"- {row.name}: `{metric}` not computed: {reason}")
+        p = row.protocol
+        if p:
+            size = "×".join(str(s) for s in p.get("resolution") or []) or "?"
+            described.append((row.name, f"{p.get('num_videos', '?')} videos of {p.get('frames', '?')} frames at {size} px"))
+    for text, jobs in grouped(described).items():
+        notes.append(f"{text} ({', '.join(jobs)}); base and fine-tuned use the same prompts and seeds.")
+    skipped = [(row.name, f"`{metric}` skipped: {reason}") for row in rows for metric, reason in row.skipped.items()]
+    for text, jobs in grouped(skipped).items():
+        notes.append(f"{text} ({', '.join(jobs)})")
+    return notes or ["No job reached evaluation."]
+
+
+def render_markdown(rows: list[JobRow], plots: dict[str, str | None], sweep: dict[str, str] | None = None) -> str:
+    """``plots``: title -> file name relative to report.md, or None when there was nothing to plot."""
+    ok = sum(r.ok for r in rows)
+    lines = ["# Sweep report", "", f"{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."]
+    if sweep:
+        lines.append("Swept: " + "; ".join(f"`{k}={v}`" for k, v in sweep.items()) + ".")
+    lines += ["", *md_table(rows), "", "Scores read `base → fine-tuned (% change)`.", "", "## Protocol", "",
+              *(f"- {escape_md(note)}" for note in protocol_notes(rows))]
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        lines += ["", "## Jobs that did not finish", ""]
+        lines += [f"- {row.name}: {row.status} ({escape_md(row.error or 'no error recorded')}); " + (
+            f"traceback in `{row.name}/status.json`" if row.traceback else f"see the job's log in `{row.name}/`")
+            for row in failed]
     lines += ["", "## Plots", ""]
     for title, path in plots.items():
-        lines.append(f"![{title}]({path})" if path else f"- {title}: no data to plot.")
-    return "\n".join(lines) + "\n"
+        lines += [f"![{title}]({path})" if path else f"- {title}: skipped, no data to plot.", ""]
+    return "\n".join(lines).rstrip() + "\n"

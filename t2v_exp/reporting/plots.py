@@ -1,19 +1,35 @@
-"""PNG plots: loss curves of all jobs on one chart, metric bars before/after."""
+"""PNG plots: loss curves of all jobs on one chart, metric bars base vs fine-tuned.
+
+Each function returns the written path, or None when there is nothing to plot (the report then
+says the plot was skipped instead of showing an empty chart).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from .collect import JobRow, metric_columns
+from .collect import JobRow, metric_columns, pct_change
+
+BASE_COLOR, TUNED_COLOR = "#9aa7b8", "#2f6fb5"
 
 
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")  # files only, no display
+    matplotlib.use("Agg")  # files only: works on headless nodes and inside a Hydra multirun
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def labels(rows: list[JobRow]) -> dict[str, str]:
+    """Model names as labels; the job number is added where two jobs share a model."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.model] = counts.get(row.model, 0) + 1
+    return {row.name: row.model if counts[row.model] == 1 else f"{row.model} #{row.name.split('_', 1)[0]}"
+            for row in rows}
 
 
 def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
@@ -21,10 +37,17 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
     if not curves:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    names = labels(rows)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for row in curves:
-        steps, losses = zip(*row.losses, strict=True)
-        ax.plot(steps, losses, label=f"{row.model} / {row.dataset}", linewidth=1.2)
+        steps, losses = zip(*sorted(row.losses), strict=True)
+        # A job that died still shows how far it got, dashed so it is not read as a finished curve.
+        style = "-" if row.ok else "--"
+        label = names[row.name] + ("" if row.ok else f" ({row.status})")
+        ax.plot(steps, losses, style, label=label, linewidth=1.3, marker="." if len(steps) < 30 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("Training loss")
@@ -37,24 +60,39 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
 
 
 def metric_bars(rows: list[JobRow], path: Path) -> Path | None:
-    columns = [c for c in metric_columns(rows) if any(c[0] in r.before or c[0] in r.after for r in rows)]
     jobs = [r for r in rows if r.before or r.after]
-    if not columns or not jobs:
+    pairs = metric_columns(jobs)
+    if not pairs:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(columns), figsize=(max(4, 3.2 * len(columns)), 3.8), squeeze=False)
+    names = labels(rows)
+    # Scores live on different scales (SSIM ~0.1, PSNR ~20 dB, CLIP score ~30): one panel each.
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
     width = 0.38
-    for ax, (metric, key) in zip(axes[0], columns, strict=True):
-        positions = range(len(jobs))
-        before = [r.before.get(metric, {}).get(key, float("nan")) for r in jobs]
-        after = [r.after.get(metric, {}).get(key, float("nan")) for r in jobs]
-        ax.bar([p - width / 2 for p in positions], before, width, label="base", color="#9aa7b8")
-        ax.bar([p + width / 2 for p in positions], after, width, label="fine-tuned", color="#2f6fb5")
-        ax.set_xticks(list(positions), [r.model for r in jobs], rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{metric}/{key}", fontsize=9)
+    for ax, (metric, key) in zip(axes.flat, pairs, strict=False):
+        positions = list(range(len(jobs)))
+        before = [r.before.get(metric, {}).get(key) for r in jobs]
+        after = [r.after.get(metric, {}).get(key) for r in jobs]
+        ax.bar([p - width / 2 for p in positions], [math.nan if v is None else v for v in before], width,
+               label="base", color=BASE_COLOR)
+        bars = ax.bar([p + width / 2 for p in positions], [math.nan if v is None else v for v in after], width,
+                      label="fine-tuned", color=TUNED_COLOR)
+        for bar, b, a in zip(bars, before, after, strict=True):
+            change = pct_change(b, a)
+            if change is not None:
+                ax.annotate(f"{change:+.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(positions, [names[r.name] for r in jobs], rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{metric} / {key}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+        ax.margins(y=0.15)  # room for the % labels
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
+    handles, legend_labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="upper center", fontsize=8, ncols=2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.6 * nrows)))  # keep the top strip for the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
