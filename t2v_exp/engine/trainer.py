@@ -153,6 +153,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
+        self.grad_norm = float("nan")  # of the last applied update
+        self.update_skipped = False
+        self.nonfinite_in_a_row = 0
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -199,6 +202,7 @@ class Trainer:
             warmup_steps=cfg.train.warmup_steps, max_steps=cfg.train.max_steps,
         )
         self.model.denoiser, self.optimizer = self.accelerator.prepare(self.model.denoiser, self.optimizer)
+        self.trainable = self.model.trainable_parameters()  # fixed from here on; listing it costs ~1 ms
         self.state = TrainState()
         self.resumed_from = None
         if cfg.resume:
@@ -279,7 +283,7 @@ class Trainer:
 
     def _apply_update(self) -> None:
         max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
-        self.grad_norm = float(self.accelerator.clip_grad_norm_(self.model.trainable_parameters(), max_norm))
+        self.grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, max_norm))
         self.update_skipped = not math.isfinite(self.grad_norm)
         # With fp16 loss scaling the scaler itself skips overflowing steps and must see them to
         # lower its scale; without a scaler a non-finite step is simply not applied.
@@ -413,9 +417,6 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg.train
-        self.grad_norm = float("nan")
-        self.update_skipped = False
-        self.nonfinite_in_a_row = 0
         self.eval_report = None
         batch_iter = iter(self.batches)
         last = {}

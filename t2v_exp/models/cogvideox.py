@@ -61,6 +61,7 @@ class CogVideoXModel:
             self.denoiser.requires_grad_(True)
         self.denoiser.train()
         self.max_text_tokens = int(self.denoiser.config.max_text_seq_length)
+        self.uses_rotary = bool(self.denoiser.config.use_rotary_positional_embeddings)
         self.vae_scale_spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def trainable_parameters(self):
@@ -81,20 +82,21 @@ class CogVideoXModel:
             prompts, padding="max_length", max_length=self.max_text_tokens, truncation=True,
             add_special_tokens=True, return_tensors="pt",
         )
-        return self.text_encoder(tokens.input_ids.to(self.text_encoder.device))[0]
+        return self.text_encoder(tokens.input_ids.to(common.first_parameter(self.text_encoder).device))[0]
 
     @torch.no_grad()
     def encode_videos(self, videos):
         # VAE wants [B, C, F, H, W]; the transformer wants [B, F, C, H, W].
-        pixels = videos.permute(0, 2, 1, 3, 4).to(device=self.vae.device, dtype=self.vae.dtype)
+        weight = common.first_parameter(self.vae)
+        pixels = videos.permute(0, 2, 1, 3, 4).to(device=weight.device, dtype=weight.dtype)
         latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
         return latents.permute(0, 2, 1, 3, 4).contiguous()
 
     def rotary_embeddings(self, latents: torch.Tensor):
         """Only the 5B (and 1.5) models use rotary position embeddings; the 2B does not."""
-        config = common.unwrap(self.denoiser).config
-        if not config.use_rotary_positional_embeddings:
+        if not self.uses_rotary:
             return None
+        config = common.unwrap(self.denoiser).config
         from diffusers import CogVideoXPipeline
 
         # Reuse the pipeline's own grid computation; it reads only these two attributes.

@@ -119,6 +119,11 @@ def frames_to_pixels(videos: torch.Tensor) -> torch.Tensor:
     return videos.reshape(b * f, c, h, w)
 
 
+def first_parameter(module: nn.Module) -> torch.Tensor:
+    """Device and dtype of a module in O(1); diffusers' ``.device``/``.dtype`` walk every submodule."""
+    return next(module.parameters())
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain model under DDP / torch.compile wrappers (what pipelines and exports need)."""
     from accelerate.utils import extract_model_from_parallel
@@ -130,7 +135,7 @@ def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Te
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
-    ids = tokens.input_ids.to(text_encoder.device)
+    ids = tokens.input_ids.to(first_parameter(text_encoder).device)
     return text_encoder(ids)[0]
 
 
@@ -141,7 +146,8 @@ def encode_frames_with_image_vae(vae, videos: torch.Tensor) -> torch.Tensor:
     on the fly and latents read from a cache give the same loss.
     """
     b, f = videos.shape[:2]
-    pixels = frames_to_pixels(videos).to(device=vae.device, dtype=vae.dtype)
+    weight = first_parameter(vae)
+    pixels = frames_to_pixels(videos).to(device=weight.device, dtype=weight.dtype)
     latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
     c, h, w = latents.shape[1:]
     return latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
@@ -230,7 +236,11 @@ def adapter_parameter_counts(model) -> dict[str, int]:
 
 def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
     if gradient_checkpointing:
-        model.denoiser.enable_gradient_checkpointing()
+        if getattr(model.denoiser, "_supports_gradient_checkpointing", True):
+            model.denoiser.enable_gradient_checkpointing()
+        else:  # e.g. diffusers' UNet3DConditionModel (ModelScope): train without it rather than fail
+            log.warning("%s does not support gradient checkpointing in this diffusers release; "
+                        "training without it (gpu.gradient_checkpointing ignored)", type(model.denoiser).__name__)
     if vae_slicing:
         model.vae.enable_slicing()
     if vae_tiling:
