@@ -78,3 +78,16 @@ def test_redact_masks_secret_keys_and_values():
     data = {"logger": {"api_key": "abc"}, "note": "token=supersecret123 here", "lr": 1e-4}
     clean = redact(data, secrets=["supersecret123"])
     assert clean == {"logger": {"api_key": "***"}, "note": "token=*** here", "lr": 1e-4}
+
+
+def test_gradient_checkpointing_setting(compose_train, tmp_path):
+    """On where the denoiser supports it; ModelScope's UNet3D does not in diffusers, so it trains without."""
+    for model, expected in (("cogvideox_tiny", True), ("modelscope_tiny", False)):
+        trainer = Trainer(compose_train([*FAST, f"model={model}", "gpu.gradient_checkpointing=true",
+                                         "train.max_steps=1"], tmp_path / model), tmp_path / model)
+        try:
+            trainer.setup()
+            assert trainer.model.denoiser.is_gradient_checkpointing is expected
+            assert trainer.train_step(iter(trainer.batches))["train/loss"] > 0
+        finally:
+            trainer.close()
