@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 train: install ## run the default job (tiny model, synthetic data, offline W&B); ARGS='model=cogvideox_tiny'
 	$(PY) -m t2v_exp.train $(ARGS)
 
+SWEEP ?= compare_models_tiny
+sweep: install ## the three-model comparison + report (SWEEP=compare_models on GPUs; default: tiny twins on CPU)
+	$(PY) -m t2v_exp.train sweep=$(SWEEP) $(ARGS)
+
 test: install ## the fast test suite (what CI runs)
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
