@@ -119,7 +119,7 @@ def synthetic_probe(path: str, size: int, mtime_ns: int) -> IndexEntry:
 
 
 def index_child(count: int) -> dict:
-    """Runs in a fresh process: build, then rescan, a 10k-entry index of empty files."""
+    """Runs in a fresh process: build, then rescan, an index of ``count`` empty files."""
     with tempfile.TemporaryDirectory() as folder:
         files = Path(folder) / "files"
         files.mkdir()
@@ -180,7 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--clips", type=int, default=8, help="clips per side per round")
-    parser.add_argument("--index-entries", type=int, default=10_000)
+    parser.add_argument("--index-entries", type=int, nargs="+", default=[1_000, 10_000, 100_000],
+                        help="index sizes to build and rescan, each in a fresh process")
     parser.add_argument("--quick", action="store_true", help="20 s videos, 3 rounds (a smoke test)")
     parser.add_argument("--index-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,10 +195,14 @@ def main() -> None:
     paths = long_videos(3, seconds)
     generation_s = time.perf_counter() - started
     reading = bench_reading(paths, rounds, args.clips)
-    child = subprocess.run([sys.executable, __file__, "--index-child", str(args.index_entries)],
-                           capture_output=True, text=True, check=True)
-    index = json.loads(child.stdout.strip().splitlines()[-1])
-    index["simulated"] = "entries come from a synthetic probe over real empty files (no video opened)"
+    scale = []
+    for count in args.index_entries:  # fresh process per size: peak RSS is per process
+        child = subprocess.run([sys.executable, __file__, "--index-child", str(count)],
+                               capture_output=True, text=True, check=True)
+        entry = json.loads(child.stdout.strip().splitlines()[-1])
+        entry["simulated"] = "entries come from a synthetic probe over real empty files (no video opened)"
+        scale.append(entry)
+    index = next((e for e in scale if e["entries"] == 10_000), scale[-1])
     real_probe = bench_real_probe(paths)
 
     medians = reading["median_clips_per_s"]
@@ -205,10 +210,10 @@ def main() -> None:
         ("read_clip (keyframe seek)", f"{medians['read_clip_seek']:.1f} clips/s"),
         ("decode all, then sample", f"{medians['decode_all_then_sample']:.1f} clips/s"),
         ("speedup (seek / decode-all)", f"{reading['speedup_seek_over_decode_all']:.1f}x"),
-        (f"index build, {index['entries']:,} entries (simulated)", f"{index['build_s']:.2f} s"),
-        ("index rescan, nothing changed", f"{index['rescan_s']:.2f} s ({index['rescan_probes']} probes)"),
-        ("index process peak RSS", f"{index['peak_rss_mb']:.0f} MB (before scan {index['rss_before_scan_mb']:.0f} MB)"),
-        ("index rescan Python-heap peak", f"{index['scan_python_heap_peak_mb']:.1f} MB"),
+        *[(f"index {e['entries']:,} entries (simulated): build / rescan",
+            f"{e['build_s']:.2f} s / {e['rescan_s']:.2f} s ({e['rescan_probes']} probes), peak RSS "
+            f"{e['peak_rss_mb']:.0f} MB (before scan {e['rss_before_scan_mb']:.0f}), heap {e['scan_python_heap_peak_mb']:.1f} MB")
+          for e in scale],
         (f"real probe per file ({SIZE}x{SIZE} {seconds} s mp4)", f"{real_probe['median_probe_ms']:.1f} ms "
                                                  f"(~{real_probe['extrapolated_10k_s']:.0f} s for 10k files)"),
     ]
@@ -219,7 +224,7 @@ def main() -> None:
         print(f"  {name:<{width}}  {value}")
 
     results = {"machine": machine_info(), "video_generation_s": generation_s, "reading": reading,
-               "index": index, "real_probe": real_probe,
+               "index": index, "index_scale": scale, "real_probe": real_probe,
                "total_s": time.perf_counter() - started}
     out = REPO / "bench" / "results" / "data.json"
     out.parent.mkdir(parents=True, exist_ok=True)
