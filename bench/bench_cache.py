@@ -22,23 +22,13 @@ FAMILIES = ["modelscope_tiny", "cogvideox_tiny", "animatediff_tiny"]
 WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-from t2v_exp.config import register_configs
+from t2v_exp.config import compose_job_config
 from t2v_exp.engine.trainer import Trainer
 
 model, cache, steps, cache_dir, run_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-register_configs()
-with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
-    cfg = compose("train", overrides=[f"model={model}", f"dataset.cache={cache}", "logger=none",
-                  "validation.enabled=false", f"train.max_steps={steps + 5}", "dataset.num_videos=16",
-                  f"paths.cache_dir={cache_dir}"], return_hydra_config=True)
-with open_dict(cfg):
-    cfg.hydra.runtime.output_dir = run_dir
-HydraConfig.instance().set_config(cfg)
-with open_dict(cfg):
-    del cfg["hydra"]
+cfg = compose_job_config([f"model={model}", f"dataset.cache={cache}", "logger=none", "validation.enabled=false",
+                          f"train.max_steps={steps + 5}", "dataset.num_videos=16", f"paths.cache_dir={cache_dir}"],
+                         run_dir)
 trainer = Trainer(cfg, Path(run_dir))
 started = time.perf_counter()
 trainer.setup()

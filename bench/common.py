@@ -112,26 +112,10 @@ def write_json(path: Path, record: dict) -> None:
 
 # -- configs ----------------------------------------------------------------------------------------
 def compose_train(overrides: Sequence[str] = (), run_dir: Path | None = None, config_name: str = "train"):
-    """Compose conf/<config_name>.yaml as ``@hydra.main`` would: HydraConfig set, ``hydra`` node removed."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """Compose conf/<config_name>.yaml as ``@hydra.main`` would (see ``t2v_exp.config.compose_job_config``)."""
+    from t2v_exp.config import compose_job_config
 
-    from t2v_exp.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    if run_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_job_config(overrides, run_dir, config_name)
 
 
 IN_MEMORY_DATASET = "bench.common.InMemoryClips"

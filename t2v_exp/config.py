@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -211,6 +212,34 @@ def register_configs() -> None:
     except ImportError:  # the data package registers its own schemas once it exists
         return
     register_dataset_schemas(cs)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_job_config(overrides=(), run_dir=None, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` in-process the way ``@hydra.main`` hands it to a job:
+    HydraConfig set (so ``${hydra:...}`` resolves, with ``run_dir`` as the output dir), the
+    ``hydra`` node removed. For notebooks, tests and benchmarks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _positive(key: str, value, example) -> None:

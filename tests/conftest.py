@@ -34,30 +34,12 @@ def isolated_environment(tmp_path_factory):
 
 @pytest.fixture
 def compose_train():
-    """Compose conf/train.yaml with overrides, with HydraConfig set (as under @hydra.main)."""
-    from hydra import compose, initialize_config_dir
+    """Compose a config with overrides exactly as @hydra.main would hand it to the job."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
-    from t2v_exp.config import register_configs
+    from t2v_exp.config import compose_job_config
 
-    register_configs()
-
-    def _compose(overrides: list[str] = (), run_dir: Path | None = None, config_name: str = "train"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-        if run_dir is not None:
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(run_dir)
-        HydraConfig.instance().set_config(cfg)
-        # @hydra.main hands the job its config without the `hydra` node; do the same.
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-
-    yield _compose
+    yield compose_job_config
     GlobalHydra.instance().clear()
 
 
