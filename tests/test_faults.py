@@ -166,3 +166,34 @@ def test_a_crashing_loader_worker_names_the_files(compose_train, tmp_path):
     with pytest.raises(DataLoadingError) as caught:
         run_training(cfg, tmp_path)
     assert "/data/clip_002.mp4" in str(caught.value) and "worker" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
+    """Kill the moment a staging directory exists: the half-written checkpoint must be ignored."""
+    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=20", "train.checkpoint_every=1",
+              "train.keep_last=3"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=600)
+    proc = subprocess.Popen([*common, f"hydra.run.dir={killed}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = killed / "checkpoints"
+    caught_staging = False
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        writing = root.is_dir() and any(p.name.startswith(".tmp-") for p in os.scandir(root))
+        if writing and len(list_checkpoints(root)) >= 3:
+            proc.kill()
+            caught_staging = True
+            break
+    proc.wait(timeout=60)
+    assert caught_staging, "never saw a checkpoint being written"
+    assert any(p.name.startswith(".tmp-") for p in root.iterdir())  # the half-written one is still there
+    resumed = tmp_path / "resumed"
+    subprocess.run([*common, f"resume={killed}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=600)
+    a = load_file(straight / "checkpoints/checkpoint-000020/trainable.safetensors")
+    b = load_file(resumed / "checkpoints/checkpoint-000020/trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
