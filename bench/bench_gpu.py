@@ -134,13 +134,14 @@ def make_adapter(case: dict, model_cfg, denoiser, lora: bool):
     """The family's t2v_exp adapter around a prebuilt denoiser (its loaders and encoders unused)."""
     from hydra.utils import get_class
 
-    from t2v_exp.models.lora import LoraSettings, add_lora
+    from t2v_exp.config import LoraConfig
+    from t2v_exp.models.lora import add_lora
 
     adapter = get_class(model_cfg._target_).__new__(get_class(model_cfg._target_))
     adapter.cfg, adapter.denoiser = model_cfg, denoiser
     adapter.scheduler = adapter.train_scheduler = noise_scheduler(case["family"])
     adapter.vae_scale_spatial, adapter.max_text_tokens = 8, case["text"][1]
-    adapter.lora = LoraSettings(rank=case["lora_rank"], alpha=case["lora_rank"], scope=case["scope"]) if lora else None
+    adapter.lora = LoraConfig(rank=case["lora_rank"], alpha=case["lora_rank"], scope=case["scope"]) if lora else None
     if lora:
         add_lora(denoiser, adapter.lora)
     elif case["family"] == "animatediff":

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-
-@dataclass
-class LoraSettings:
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
-    #: leaf module names to adapt, e.g. the attention projections
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    #: only adapt modules whose qualified name contains this (AnimateDiff: "motion_modules")
-    scope: str | None = None
+from ..config import LoraConfig
 
 
-def lora_settings(node) -> LoraSettings:
-    """LoraSettings from a config node (DictConfig or dict)."""
+def lora_settings(node) -> LoraConfig:
+    """Plain ``model.lora`` settings (the config schema's dataclass) from a DictConfig or dict."""
     from omegaconf import DictConfig, OmegaConf
 
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    return LoraSettings(**values)
+    return LoraConfig(**values)
 
 
-def target_pattern(settings: LoraSettings) -> str | list[str]:
+def target_pattern(settings: LoraConfig) -> str | list[str]:
     """peft ``target_modules``: a plain list, or a full-match regex when a scope narrows it."""
     if not settings.scope:
         return list(settings.target_modules)
@@ -36,10 +26,10 @@ def target_pattern(settings: LoraSettings) -> str | list[str]:
     return rf".*{re.escape(settings.scope)}.*\.({leaves})"
 
 
-def peft_config(settings: LoraSettings):
-    from peft import LoraConfig
+def peft_config(settings: LoraConfig):
+    import peft
 
-    return LoraConfig(
+    return peft.LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -48,7 +38,7 @@ def peft_config(settings: LoraSettings):
     )
 
 
-def add_lora(model: nn.Module, settings: LoraSettings) -> None:
+def add_lora(model: nn.Module, settings: LoraConfig) -> None:
     """Freeze ``model`` and attach LoRA adapters (only they require grad afterwards)."""
     model.requires_grad_(False)
     model.add_adapter(peft_config(settings))
@@ -79,8 +69,8 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
         raise KeyError(f"LoRA weights missing keys, e.g. {missing_lora[:3]}")
 
 
-def lora_metadata(settings: LoraSettings) -> dict:
-    """The LoraConfig fields diffusers stores beside exported weights so loading needs no guessing."""
+def lora_metadata(settings: LoraConfig) -> dict:
+    """The peft LoraConfig fields diffusers stores beside exported weights so loading needs no guessing."""
     cfg = peft_config(settings)
     return {
         "r": cfg.r,
