@@ -20,6 +20,30 @@ from t2v_exp.engine.trainer import NonFiniteLossError, run_training
 from .conftest import REPO
 
 FAST = ["validation.enabled=false", "logger=none", "train.warmup_steps=0"]
+ENV = {**os.environ, "WANDB_MODE": "offline"}
+
+
+def train_cli(*overrides: str) -> list[str]:
+    return [sys.executable, "-m", "t2v_exp.train", *FAST, *overrides]
+
+
+def run_to_end(command: list[str], run_dir) -> None:
+    subprocess.run([*command, f"hydra.run.dir={run_dir}"], cwd=REPO, env=ENV, check=True, capture_output=True,
+                   timeout=600)
+
+
+def wait_for_metric_lines(metrics, count: int) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < count):
+        time.sleep(0.01)
+
+
+def assert_resume_matches(command: list[str], interrupted, straight, resumed, final_step: int) -> None:
+    """resume=<interrupted run> must end with exactly the weights of the uninterrupted run."""
+    run_to_end([*command, f"resume={interrupted}"], resumed)
+    name = f"checkpoints/checkpoint-{final_step:06d}/trainable.safetensors"
+    a, b = load_file(straight / name), load_file(resumed / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def poisoned(cfg, nan_epochs: list[int]):
@@ -59,29 +83,19 @@ def test_too_many_nan_steps_stop_and_keep_the_last_good_checkpoint(compose_train
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(tmp_path):
-    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=60", "train.checkpoint_every=0"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = train_cli("train.max_steps=60", "train.checkpoint_every=0")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
-                   timeout=600)
-    proc = subprocess.Popen([*common, f"hydra.run.dir={interrupted}"], cwd=REPO, env=env,
+    run_to_end(command, straight)
+    proc = subprocess.Popen([*command, f"hydra.run.dir={interrupted}"], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = interrupted / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
-        time.sleep(0.05)
+    wait_for_metric_lines(interrupted / "metrics.jsonl", 5)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     saved = list_checkpoints(interrupted / "checkpoints")
     assert saved and 5 <= int(saved[-1].name.split("-")[1]) < 60
     assert json.loads((interrupted / "status.json").read_text())["status"] == "interrupted"
-    resumed = tmp_path / "resumed"
-    subprocess.run([*common, f"resume={interrupted}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=600)
-    a = load_file(straight / "checkpoints/checkpoint-000060/trainable.safetensors")
-    b = load_file(resumed / "checkpoints/checkpoint-000060/trainable.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_matches(command, interrupted, straight, tmp_path / "resumed", 60)
 
 
 def test_half_written_checkpoints_are_never_resumed_from(compose_train, tmp_path):
@@ -100,26 +114,16 @@ def test_half_written_checkpoints_are_never_resumed_from(compose_train, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after_lines", [3, 11])
 def test_sigkill_then_resume_latest_ends_with_identical_weights(tmp_path, kill_after_lines):
-    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=20", "train.checkpoint_every=2"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = train_cli("train.max_steps=20", "train.checkpoint_every=2")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
-                   timeout=600)
-    proc = subprocess.Popen([*common, f"hydra.run.dir={killed}"], cwd=REPO, env=env,
+    run_to_end(command, straight)
+    proc = subprocess.Popen([*command, f"hydra.run.dir={killed}"], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < kill_after_lines):
-        time.sleep(0.01)
+    wait_for_metric_lines(killed / "metrics.jsonl", kill_after_lines)
     proc.send_signal(signal.SIGKILL)  # no handler can run: whatever is on disk is what we get
     proc.wait(timeout=60)
     assert list_checkpoints(killed / "checkpoints")
-    resumed = tmp_path / "resumed"
-    subprocess.run([*common, f"resume={killed}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=600)
-    a = load_file(straight / "checkpoints/checkpoint-000020/trainable.safetensors")
-    b = load_file(resumed / "checkpoints/checkpoint-000020/trainable.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_matches(command, killed, straight, tmp_path / "resumed", 20)
 
 
 def test_unwritable_run_dir_fails_before_loading_anything(compose_train, tmp_path):
@@ -171,13 +175,10 @@ def test_a_crashing_loader_worker_names_the_files(compose_train, tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     """Kill the moment a staging directory exists: the half-written checkpoint must be ignored."""
-    common = [sys.executable, "-m", "t2v_exp.train", *FAST, "train.max_steps=20", "train.checkpoint_every=1",
-              "train.keep_last=3"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = train_cli("train.max_steps=20", "train.checkpoint_every=1", "train.keep_last=3")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run([*common, f"hydra.run.dir={straight}"], cwd=REPO, env=env, check=True, capture_output=True,
-                   timeout=600)
-    proc = subprocess.Popen([*common, f"hydra.run.dir={killed}"], cwd=REPO, env=env,
+    run_to_end(command, straight)
+    proc = subprocess.Popen([*command, f"hydra.run.dir={killed}"], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = killed / "checkpoints"
     caught_staging = False
@@ -191,9 +192,4 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     proc.wait(timeout=60)
     assert caught_staging, "never saw a checkpoint being written"
     assert any(p.name.startswith(".tmp-") for p in root.iterdir())  # the half-written one is still there
-    resumed = tmp_path / "resumed"
-    subprocess.run([*common, f"resume={killed}", f"hydra.run.dir={resumed}"], cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=600)
-    a = load_file(straight / "checkpoints/checkpoint-000020/trainable.safetensors")
-    b = load_file(resumed / "checkpoints/checkpoint-000020/trainable.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_matches(command, killed, straight, tmp_path / "resumed", 20)
