@@ -29,26 +29,12 @@ def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
     return (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-@torch.no_grad()
 def generate_samples(model, prompts: list[str], out_dir: Path, *, num_inference_steps: int, guidance_scale: float,
                      seed: int, fps: int, autocast) -> dict[str, Path]:
-    """One video per prompt, each from its own seeded generator so results don't depend on batching."""
-    from ..data.video_io import write_video
+    """Validation videos, generated and written exactly as evaluation does (prompt i from seed + i)."""
+    from ..evaluation import generate_videos, write_videos
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    denoiser = model.denoiser
-    was_training = denoiser.training
-    denoiser.eval()
-    try:
-        for i, prompt in enumerate(prompts):
-            generator = torch.Generator().manual_seed(seed + i)
-            with autocast():
-                video = model.generate([prompt], num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, generator=generator)[0]
-            path = out_dir / f"{i:02d}_{slug(prompt)}.mp4"
-            write_video(path, to_uint8_frames(video).numpy(), fps=fps)
-            written[f"{i:02d}_{slug(prompt)}"] = path
-    finally:
-        denoiser.train(was_training)
-    return written
+    videos = generate_videos(model, prompts, seed=seed, num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, autocast=autocast)
+    names = write_videos(videos, prompts, out_dir, fps)
+    return {Path(name).stem: out_dir / name for name in names}
