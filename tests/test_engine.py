@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import random
 
 import torch
 from safetensors.torch import load_file
 
-from t2v_exp.engine.batches import epoch_batches
+from t2v_exp.engine.batches import BatchStream, DataPosition, epoch_batches
 from t2v_exp.engine.checkpoint import list_checkpoints
 from t2v_exp.engine.optim import lr_multiplier
 from t2v_exp.engine.tracking import redact
@@ -65,6 +68,43 @@ def test_epoch_batches_are_deterministic_sharded_and_disjoint():
     # each global batch of the 2-process run is the matching batch of a 1-process run with batch 4
     single = epoch_batches(10, 4, seed=3, epoch=0)
     assert [r0 + r1 for r0, r1 in zip(*ranks, strict=True)] == single
+
+
+class EpochTagged(torch.utils.data.Dataset):
+    """Items whose content depends on (epoch, index), tagged with the process that loaded them."""
+
+    def __init__(self, size: int = 6):
+        self.size, self.epoch = size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        draw = random.Random(f"{self.epoch}/{index}").random()
+        return {"video": torch.tensor([self.epoch, index, draw]), "prompt": str(os.getpid()), "key": str(index)}
+
+
+def take(stream: BatchStream, count: int) -> list[dict]:
+    return list(itertools.islice(iter(stream), count))
+
+
+def test_batch_stream_is_the_same_with_workers_across_epochs_and_on_resume():
+    """3 epochs of 3 batches: workers change nothing, they start once (not per epoch), and a stream
+    started from a saved position continues exactly where the first one was."""
+    plain = take(BatchStream(EpochTagged(), batch_size=2, seed=1), 9)
+    stream = BatchStream(EpochTagged(), batch_size=2, seed=1, num_workers=2)
+    workers = take(stream, 9)
+    assert [b["video"].tolist() for b in workers] == [b["video"].tolist() for b in plain]
+    assert [row[0] for b in plain for row in b["video"].tolist()] == [e for e in (0, 1, 2) for _ in range(6)]
+    assert stream.position == DataPosition(2, 3)
+    loader_pids = {pid for b in workers for pid in b["prompt"]}
+    assert len(loader_pids) == 2 and str(os.getpid()) not in loader_pids
+
+    resumed = take(BatchStream(EpochTagged(), batch_size=2, seed=1, num_workers=1, start=DataPosition(1, 2)), 4)
+    assert [b["video"].tolist() for b in resumed] == [b["video"].tolist() for b in plain[5:9]]
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():

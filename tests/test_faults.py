@@ -172,6 +172,22 @@ def test_a_crashing_loader_worker_names_the_files(compose_train, tmp_path):
     assert "/data/clip_002.mp4" in str(caught.value) and "worker" in str(caught.value)
 
 
+def staging_dirs(root) -> list[str]:
+    return [p.name for p in os.scandir(root) if p.name.startswith(".tmp-")] if root.is_dir() else []
+
+
+def wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Until /proc says the process is stopped (state T), so nothing more happens in it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     """Kill the moment a staging directory exists: the half-written checkpoint must be ignored."""
@@ -184,11 +200,16 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     caught_staging = False
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        writing = root.is_dir() and any(p.name.startswith(".tmp-") for p in os.scandir(root))
-        if writing and len(list_checkpoints(root)) >= 3:
-            proc.kill()
-            caught_staging = True
-            break
+        if staging_dirs(root) and len(list_checkpoints(root)) >= 3:
+            # Freeze first, then look again: a tiny checkpoint can be renamed into place between
+            # the look and the kill, and the kill must land while the staging dir exists.
+            proc.send_signal(signal.SIGSTOP)
+            wait_until_stopped(proc.pid)
+            if staging_dirs(root):
+                proc.kill()
+                caught_staging = True
+                break
+            proc.send_signal(signal.SIGCONT)
     proc.wait(timeout=60)
     assert caught_staging, "never saw a checkpoint being written"
     assert any(p.name.startswith(".tmp-") for p in root.iterdir())  # the half-written one is still there

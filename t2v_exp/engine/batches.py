@@ -58,7 +58,7 @@ def collate(items: list[dict]) -> dict:
 
 
 class BatchStream:
-    """Endless iterator over (position_after, batch) that walks epochs in a fixed order."""
+    """Endless iterator over batches that walks epochs in a fixed order; ``position`` says how far it got."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, pin_memory: bool = False, start: DataPosition | None = None):
@@ -76,26 +76,30 @@ class BatchStream:
                 f"(gpu.batch_size={batch_size} x {world_size} processes): lower gpu.batch_size or add data."
             )
 
-    def __iter__(self) -> Iterator[dict]:
+    def plan(self, start: DataPosition) -> Iterator[tuple[DataPosition, list[tuple[int, int]]]]:
+        """(position after the batch, its (epoch, index) items), from ``start`` onwards."""
+        epoch, first = start.epoch, start.batch
         while True:
-            epoch = self.position.epoch
             batches = epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch,
                                     rank=self.rank, world_size=self.world_size)
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(epoch)
-            remaining = batches[self.position.batch:]
-            loader = iter(DataLoader(self.dataset, batch_sampler=remaining, num_workers=self.num_workers,
-                                     collate_fn=collate, pin_memory=self.pin_memory))
-            while True:
-                try:
-                    batch = next(loader)
-                except StopIteration:
-                    break
-                except RuntimeError as exc:  # e.g. "DataLoader worker (pid N) is killed by signal"
-                    raise DataLoadingError(self.describe_batch(epoch, self.position.batch), exc) from exc
-                self.position = DataPosition(epoch, self.position.batch + 1)
-                yield batch
-            self.position = DataPosition(epoch + 1, 0)
+            for number in range(first, len(batches)):
+                yield DataPosition(epoch, number + 1), [(epoch, index) for index in batches[number]]
+            epoch, first = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        # One loader spans all epochs: workers start once and keep prefetching across epoch ends
+        # (a loader per epoch restarted them every epoch, a visible stall on small datasets).
+        start = self.position
+        positions = (position for position, _ in self.plan(start))
+        loader = iter(DataLoader(EpochItems(self.dataset), batch_sampler=BatchPlan(self, start),
+                                 num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory))
+        for position in positions:
+            try:
+                batch = next(loader)
+            except RuntimeError as exc:  # e.g. "DataLoader worker (pid N) is killed by signal"
+                raise DataLoadingError(self.describe_batch(position.epoch, position.batch - 1), exc) from exc
+            self.position = position
+            yield batch
 
     def describe_batch(self, epoch: int, batch: int) -> str:
         """The files of the batch being loaded (with workers, a few batches may be in flight)."""
@@ -105,6 +109,36 @@ class BatchStream:
         samples = getattr(self.dataset, "samples", None)
         names = [str(samples[i].path) if samples is not None else f"item {i}" for i in in_flight]
         return f"epoch {epoch}, batch {batch}: " + ", ".join(names)
+
+
+class BatchPlan:
+    """The DataLoader's batch sampler: the stream's plan from where it stands, without end."""
+
+    def __init__(self, stream: BatchStream, start: DataPosition):
+        self.stream, self.start = stream, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return (items for _, items in self.stream.plan(self.start))
+
+
+class EpochItems(Dataset):
+    """Items addressed as (epoch, index). Each worker holds its own copy of the dataset, so with one
+    loader across epochs the epoch has to travel with the index rather than through ``set_epoch``
+    in the main process."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        if epoch != self.epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.epoch = epoch
+        return self.dataset[index]
 
 
 class DataLoadingError(RuntimeError):
