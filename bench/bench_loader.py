@@ -6,8 +6,9 @@
    - **loader alone**: clips/s of the engine's own ``BatchStream`` over ``VideoFolderDataset`` (mp4 +
      caption sidecars, the path ``dataset=video_folder`` takes), ``gpu.num_workers`` 0 and 2;
    - **training from files**: the engine's steps/s with that loader in the loop, 0 and 2 workers.
-   A block is one whole epoch, so every block starts its loader (and its worker processes) the way
-   each training epoch does, and no worker prefetches into another side's block.
+   A block is ``--epochs-per-block`` whole epochs through one stream that starts its loader (and its
+   worker processes) at the block's start and ends it at the block's end, so no worker prefetches
+   while another side is being timed.
 2. Full-size geometries, loader alone: 16x256x256 (ModelScope / AnimateDiff defaults) and
    49x480x720 (CogVideoX-2B) from 480p sources, 0 vs 2 workers, batch 1. A GPU step shorter than
    ``1 / clips_per_s`` per clip would wait on data with that many workers.
@@ -93,32 +94,32 @@ def folder_dataset(root: Path, frames: int, height: int, width: int, fps: float,
 
 
 class LoaderSide:
-    """One epoch of the engine's BatchStream per block; returns clips/s."""
+    """``epochs`` epochs of the engine's BatchStream per block, from a fresh stream; returns clips/s."""
 
-    def __init__(self, dataset, batch_size: int, workers: int):
+    def __init__(self, dataset, batch_size: int, workers: int, epochs: int):
         from t2v_exp.engine.batches import BatchStream, DataPosition
 
         self.make = lambda epoch: BatchStream(dataset, batch_size=batch_size, seed=0, num_workers=workers,
                                               start=DataPosition(epoch, 0))
-        self.batches_per_epoch = len(dataset) // batch_size
-        self.batch_size = batch_size
+        self.batches_per_block = len(dataset) // batch_size * epochs
+        self.batch_size, self.epochs = batch_size, epochs
         self.epoch = 0
 
     def block(self) -> float:
         stream = iter(self.make(self.epoch))
-        self.epoch += 1
+        self.epoch += self.epochs
 
-        def one_epoch():
-            for _ in range(self.batches_per_epoch):
+        def run():
+            for _ in range(self.batches_per_block):
                 next(stream)
 
-        seconds = timed(one_epoch)
-        stream.close()  # ends the epoch's DataLoader (and its workers) before the next side runs
-        return self.batches_per_epoch * self.batch_size / seconds
+        seconds = timed(run)
+        stream.close()  # ends its loader and workers before the next side runs
+        return self.batches_per_block * self.batch_size / seconds
 
 
 class TrainingSide:
-    """The engine's ``train_step`` for one epoch per block; returns optimizer steps/s."""
+    """The engine's ``train_step`` for ``epochs`` epochs per block; returns optimizer steps/s."""
 
     def __init__(self, overrides: list[str], run_dir: Path, steps_per_block: int):
         from t2v_exp.engine.trainer import Trainer
@@ -127,19 +128,21 @@ class TrainingSide:
         self.trainer.setup()
         # fit() sets these before its loop; train_step is called directly here.
         self.trainer.grad_norm, self.trainer.update_skipped, self.trainer.nonfinite_in_a_row = math.nan, False, 0
-        self.stream = iter(self.trainer.batches)
         self.steps = steps_per_block
-        self.block()  # warm-up epoch
+        self.block()  # warm-up
 
     def block(self) -> float:
+        stream = iter(self.trainer.batches)  # continues from the stream's position
+
         def run():
             for _ in range(self.steps):
-                self.trainer.train_step(self.stream)
+                self.trainer.train_step(stream)
 
-        return self.steps / timed(run)
+        rate = self.steps / timed(run)
+        stream.close()  # ends its loader and workers: nothing loads while another side is timed
+        return rate
 
     def close(self) -> None:
-        self.stream.close()
         self.trainer.close()
 
 
@@ -154,11 +157,11 @@ def bench_tiny_family(family: str, source: Path, args, work: Path) -> dict:
     frames, height, width, fps = cfg.model.num_frames, cfg.model.height, cfg.model.width, cfg.model.fps
     batch = cfg.gpu.batch_size
     dataset = folder_dataset(source, frames, height, width, fps, work / "index")
-    steps = len(dataset) // batch  # one epoch per block
+    steps = len(dataset) // batch * args.epochs_per_block
     files = ["dataset=video_folder", f"dataset.root={source}", f"dataset.index_dir={work / 'index'}"]
     in_memory = [f"dataset._target_={IN_MEMORY_DATASET}", "dataset.name=in_memory", f"dataset.num_videos={len(dataset)}"]
     sides = {
-        **{f"loader_w{w}": LoaderSide(dataset, batch, w) for w in WORKERS},
+        **{f"loader_w{w}": LoaderSide(dataset, batch, w, args.epochs_per_block) for w in WORKERS},
         "train_in_memory": TrainingSide(training_overrides(family, in_memory, 0),
                                         work / f"{family}_mem", steps),
         **{f"train_files_w{w}": TrainingSide(training_overrides(family, files, w),
@@ -184,7 +187,7 @@ def bench_full_size(source: Path, args, work: Path) -> list[dict]:
     rows = []
     for name, (frames, height, width, fps) in FULL_SIZE.items():
         dataset = folder_dataset(source, frames, height, width, fps, work / "index_full")
-        raw = alternate({f"w{w}": LoaderSide(dataset, 1, w).block for w in WORKERS}, args.rounds)
+        raw = alternate({f"w{w}": LoaderSide(dataset, 1, w, 1).block for w in WORKERS}, args.rounds)
         row = {"geometry": name, "batch_size": 1, "clips_per_epoch": len(dataset), "raw": raw}
         for w in WORKERS:
             clips = median(raw[f"w{w}"])
@@ -197,6 +200,8 @@ def bench_full_size(source: Path, args, work: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (blocks per side)")
+    parser.add_argument("--epochs-per-block", type=int, default=2,
+                        help="tiny families: epochs per timed block (each block starts its loader once)")
     parser.add_argument("--families", nargs="+", default=TINY_FAMILIES, choices=TINY_FAMILIES)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of the training process (default 1, as bench_overhead; "
@@ -206,7 +211,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "loader.json")
     args = parser.parse_args()
     if args.quick:
-        args.rounds = 2
+        args.rounds, args.epochs_per_block = 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)  # parameter-count info lines, LoRA notices
@@ -218,7 +223,7 @@ def main() -> None:
         full = [] if args.skip_full_size else bench_full_size(full_source, args, Path(work))
 
     print(f"\nTiny families on this CPU ({torch.get_num_threads()} training thread(s); medians of {args.rounds} "
-          "alternating one-epoch blocks; consumption = in-memory steps/s x batch)")
+          f"alternating blocks of {args.epochs_per_block} epochs; consumption = in-memory steps/s x batch)")
     print_table([("family", "family", 17), ("consumes_clips_per_s", "consumes c/s", 12),
                  ("loader_w0_clips_per_s", "loader w0 c/s", 13), ("loader_w2_clips_per_s", "loader w2 c/s", 13),
                  ("train_in_memory_steps_per_s", "mem st/s", 9), ("train_files_w0_steps_per_s", "files w0 st/s", 13),
