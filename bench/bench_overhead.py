@@ -22,7 +22,6 @@ Usage: .venv/bin/python bench/bench_overhead.py [--rounds 7] [--steps 12] [--qui
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import math
@@ -39,6 +38,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import (  # noqa: E402
@@ -92,59 +92,20 @@ class EngineSide:
         self.trainer.close()
 
 
-@contextlib.contextmanager
-def suggested_fix(trainer):
-    """The engine fix proposed in bench/README.md, applied in-process for one block (no engine edit).
-
-    1. The frozen VAE / text encoder ``device`` and ``dtype`` are read once: diffusers'
-       ``ModelMixin.device``/``.dtype`` walk every submodule on each access (group-offload hook
-       and layerwise-casting hook lookups), and the adapters' ``encode_*`` read them every step.
-       Done here by swapping each module's class for a subclass with constant attributes.
-    2. ``trainable_parameters()`` is built once instead of walking the denoiser every step.
-    3. CogVideoX: whether the transformer uses rotary embeddings is read once, not through
-       ``unwrap(denoiser).config`` (accelerate's ``extract_model_from_parallel``) every step.
-    """
-    model = trainer.model
-    config = getattr(unwrap_model(model.denoiser), "config", None)
-    if hasattr(model, "rotary_embeddings") and not getattr(config, "use_rotary_positional_embeddings", True):
-        model.rotary_embeddings = lambda latents: None
-    swapped = []
-    for name in ("vae", "text_encoder"):
-        module = getattr(model, name, None)
-        if isinstance(module, torch.nn.Module):
-            cls = type(module)
-            fixed = type(cls.__name__, (cls,), {"device": module.device, "dtype": module.dtype})
-            module.__class__ = fixed
-            swapped.append((module, cls))
-    params = model.trainable_parameters()
-    model.trainable_parameters = lambda: params
-    try:
-        yield
-    finally:
-        for module, cls in swapped:
-            module.__class__ = cls
-        for name in ("trainable_parameters", "rotary_embeddings"):
-            model.__dict__.pop(name, None)
-
-
-def unwrap_model(module):
-    from t2v_exp.models.common import unwrap
-
-    return unwrap(module)
-
-
 def per_call_us(function, number: int = 50, repeat: int = 5) -> float:
     return 1e6 * min(timeit.repeat(function, number=number, repeat=repeat)) / number
 
 
 def engine_only_costs(engine: EngineSide) -> dict:
-    """Per-call cost (µs, best of 5) of what the engine does per step and the minimal loop does not
-    (or does once): read off the code of ``Trainer._micro_step`` and the adapters."""
-    from t2v_exp.engine.trainer import peak_memory_mb, sample_generators
+    """Per-call cost (µs, best of 5) of what the engine does per step and the minimal loop does not,
+    read off ``Trainer.train_step`` / ``_micro_step`` / ``_apply_update``; the last entry is what a
+    DictConfig read costs, which the engine no longer does per step (``StepSettings``)."""
+    from t2v_exp.engine.trainer import apply_caption_dropout, peak_memory_mb, sample_generators
     from t2v_exp.models import common
 
     trainer, model = engine.trainer, engine.trainer.model
     keys = [f"k{i}" for i in range(int(trainer.cfg.gpu.batch_size))]
+    prompts = [f"prompt {key}" for key in keys]
     generators = sample_generators(0, 0, keys)
     like = torch.zeros(len(keys), 4, 8, 8, 8)
 
@@ -152,21 +113,23 @@ def engine_only_costs(engine: EngineSide) -> dict:
         with trainer.accelerator.accumulate(model.denoiser), trainer.accelerator.autocast():
             pass
 
+    def reduce_loss():
+        return float(torch.tensor(float(np.mean([0.5])), device=trainer.accelerator.device))
+
     costs = {
-        "vae.device (encode_videos, 1/step)": per_call_us(lambda: model.vae.device),
-        "vae.dtype (encode_videos, 1/step)": per_call_us(lambda: model.vae.dtype),
-        "text_encoder.device (encode_prompts, 1/step)": per_call_us(lambda: model.text_encoder.device),
-        "trainable_parameters() (_apply_update, 1/step)": per_call_us(model.trainable_parameters),
         "sample_generators (1/step)": per_call_us(lambda: sample_generators(0, 1, keys)),
+        "apply_caption_dropout (1/step)": per_call_us(lambda: apply_caption_dropout(prompts, 0.1, generators)),
         "sample_noise - randn_like (1/step)": per_call_us(lambda: common.sample_noise(like, generators))
         - per_call_us(lambda: torch.randn_like(like)),
         "accumulate+autocast contexts (1/step)": per_call_us(accumulate),
+        "loss mean -> tensor -> float (1/step)": per_call_us(reduce_loss),
         "peak_memory_mb (1/step)": per_call_us(lambda: peak_memory_mb(trainer.accelerator.device)),
+        "[not per step any more] one DictConfig read, e.g. cfg.train.max_grad_norm":
+            per_call_us(lambda: trainer.cfg.train.max_grad_norm),
     }
-    if str(trainer.cfg.model.family) == "cogvideox":
-        costs["unwrap(denoiser) (rotary_embeddings, 1/step)"] = per_call_us(lambda: unwrap_model(model.denoiser))
     costs = {name: round(value, 1) for name, value in costs.items()}
-    return {"per_call_us": costs, "sum_ms_per_step": round(sum(costs.values()) / 1e3, 3)}
+    per_step = sum(v for k, v in costs.items() if k.endswith("(1/step)"))
+    return {"per_call_us": costs, "sum_ms_per_step": round(per_step / 1e3, 3)}
 
 
 class MinimalSide:
@@ -230,23 +193,6 @@ def profile_engine(engine: EngineSide, steps: int, top: int = 15) -> dict:
     }
 
 
-def fix_experiment(engine: EngineSide, minimal: MinimalSide, args) -> dict:
-    """Engine as is vs engine with :func:`suggested_fix` vs minimal, alternating again."""
-
-    def fixed_block():
-        with suggested_fix(engine.trainer):
-            return timed(lambda: engine.run(args.steps))
-
-    raw = alternate({"engine": lambda: timed(lambda: engine.run(args.steps)), "engine_fixed": fixed_block,
-                     "minimal": lambda: timed(lambda: minimal.run(args.steps))}, args.rounds)
-    rates = {side: median([args.steps / seconds for seconds in times]) for side, times in raw.items()}
-    return {
-        "what": suggested_fix.__doc__.split("\n\n")[1].strip(), "block_seconds": raw,
-        "steps_per_s": rates, "ratio_engine_over_minimal": rates["engine"] / rates["minimal"],
-        "ratio_engine_fixed_over_minimal": rates["engine_fixed"] / rates["minimal"],
-    }
-
-
 def bench_family(family: str, args, work: Path) -> dict:
     max_steps = args.warmup + args.rounds * args.steps + 50
     run_dir = work / family
@@ -280,7 +226,6 @@ def bench_family(family: str, args, work: Path) -> dict:
         print(f"[{family}] ratio {row['ratio_engine_over_minimal']:.3f}: profiling the engine", flush=True)
         row["profile"] = profile_engine(engine, args.profile_steps)
         row["engine_only_costs"] = engine_only_costs(engine)
-        row["fix_experiment"] = fix_experiment(engine, minimal, args)
     engine.close()
     return row
 
@@ -323,10 +268,6 @@ def main() -> None:
                   f"(measured overhead {row['overhead_ms_per_step']:.2f} ms/step)")
             for name, us in sorted(costs["per_call_us"].items(), key=lambda item: -item[1]):
                 print(f"  {us:9.1f} us  {name}")
-        if "fix_experiment" in row:
-            fix = row["fix_experiment"]
-            print(f"[{row['family']}] fix experiment: engine/minimal {fix['ratio_engine_over_minimal']:.3f} -> "
-                  f"engine+fix/minimal {fix['ratio_engine_fixed_over_minimal']:.3f}")
         if "profile" in row:
             print(f"\n[{row['family']}] engine hot spots (cumulative ms/step over {row['profile']['steps']} steps):")
             for entry in row["profile"]["named"][:12]:
