@@ -151,7 +151,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass(frozen=True)
 class StepSettings:
     """The config values read on every step, as plain Python. Reading a DictConfig node costs
-    ~10 µs, which added up to ~0.3 ms a step: 2-3 % of a tiny model's step (bench/bench_overhead.py)."""
+    ~13 µs, which added up to ~0.2 ms a step: 1-2 % of a tiny model's step (bench/bench_overhead.py)."""
 
     seed: int
     caption_dropout: float
