@@ -141,6 +141,7 @@ def make_adapter(case: dict, model_cfg, denoiser, lora: bool):
     adapter.cfg, adapter.denoiser = model_cfg, denoiser
     adapter.scheduler = adapter.train_scheduler = noise_scheduler(case["family"])
     adapter.vae_scale_spatial, adapter.max_text_tokens = 8, case["text"][1]
+    adapter.uses_rotary = bool(getattr(denoiser.config, "use_rotary_positional_embeddings", False))  # CogVideoX
     adapter.lora = LoraConfig(rank=case["lora_rank"], alpha=case["lora_rank"], scope=case["scope"]) if lora else None
     if lora:
         add_lora(denoiser, adapter.lora)
@@ -193,9 +194,10 @@ class EngineStep:
         from t2v_exp.engine.batches import DataPosition
         from t2v_exp.engine.checkpoint import TrainState
         from t2v_exp.engine.optim import build_lr_scheduler
-        from t2v_exp.engine.trainer import Trainer
+        from t2v_exp.engine.trainer import StepSettings, Trainer
 
         trainer = Trainer(cfg, run_dir)
+        trainer.settings = StepSettings.from_config(cfg)
         trainer.accelerator, trainer.model, trainer.is_main = accelerator, adapter, True
         trainer.weight_dtype = latents.dtype
         optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=float(cfg.optimizer.lr),
