@@ -29,12 +29,9 @@ def test_gpu_bench_runs_every_configuration_through_the_engine_on_cpu(tmp_path):
               "--out", str(out))
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 12  # 3 architectures x LoRA/full x checkpointing on/off
-    for row in rows:
-        expected = "unsupported" if row["case"].startswith("modelscope") and row["checkpointing"] else "ok"
-        assert row["status"] == expected, row
-        assert row["model_flops"] and row["model_flops"] > 0, row
-        if expected == "ok":
-            assert row["engine_step_s"] > 0 and row["minimal_step_s"] > 0, row
+    for row in rows:  # ModelScope with checkpointing included: t2v_exp checkpoints the UNet3D's blocks
+        assert row["status"] == "ok", row
+        assert row["model_flops"] > 0 and row["engine_step_s"] > 0 and row["minimal_step_s"] > 0, row
 
 
 @pytest.mark.slow

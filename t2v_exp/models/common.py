@@ -234,11 +234,20 @@ def adapter_parameter_counts(model) -> dict[str, int]:
     return {"trainable": count_parameters(trainable_params(model.denoiser)), "total": total}
 
 
-def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool):
+def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool,
+                                 checkpoint_classes: tuple[type, ...] = ()):
+    """``checkpoint_classes``: the denoiser's building blocks to checkpoint ourselves when its diffusers
+    class has no gradient checkpointing (ModelScope's UNet3D)."""
     if gradient_checkpointing:
         if getattr(model.denoiser, "_supports_gradient_checkpointing", True):
             model.denoiser.enable_gradient_checkpointing()
-        else:  # e.g. diffusers' UNet3DConditionModel (ModelScope): train without it rather than fail
+        elif checkpoint_classes:
+            from .checkpointing import checkpoint_submodules
+
+            count = checkpoint_submodules(unwrap(model.denoiser), checkpoint_classes)
+            log.info("Gradient checkpointing: %d blocks of %s recompute their activations in backward",
+                     count, type(unwrap(model.denoiser)).__name__)
+        else:
             log.warning("%s does not support gradient checkpointing in this diffusers release; "
                         "training without it (gpu.gradient_checkpointing ignored)", type(model.denoiser).__name__)
     if vae_slicing:

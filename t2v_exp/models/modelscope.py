@@ -27,6 +27,15 @@ def text_to_video_pipeline_class():
     return TextToVideoSDPipeline
 
 
+def unet3d_checkpoint_classes() -> tuple[type, ...]:
+    """The UNet3D's repeated blocks: spatial resnets and transformers, temporal convs and transformers."""
+    from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+
+    return ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel
+
+
 def lora_unet_class():
     """UNet3DConditionModel with diffusers' PEFT mixin.
 
@@ -101,7 +110,8 @@ class ModelScopeModel:
         common.place_components([self.text_encoder, self.vae], self.denoiser, device, weight_dtype, frozen_device)
 
     def enable_memory_savers(self, **flags):
-        common.adapter_enable_memory_savers(self, **flags)
+        # diffusers' UNet3DConditionModel has no gradient checkpointing: checkpoint its blocks ourselves.
+        common.adapter_enable_memory_savers(self, **flags, checkpoint_classes=unet3d_checkpoint_classes())
 
     @torch.no_grad()
     def encode_prompts(self, prompts):
