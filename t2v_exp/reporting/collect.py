@@ -253,6 +253,29 @@ def pct_change(before: float | None, after: float | None) -> float | None:
     return 100.0 * (after - before) / abs(before)
 
 
+def prompt_label(file_name: str) -> str:
+    """``003_a_red_circle.mp4`` -> ``a red circle`` (the evaluator names files index_prompt-slug)."""
+    stem = Path(file_name).stem
+    head, _, rest = stem.partition("_")
+    return (rest if head.isdigit() and rest else stem).replace("_", " ")
+
+
+def videos_by_prompt(rows: list[JobRow]) -> tuple[list[JobRow], list[tuple[str, dict[str, Path]]]]:
+    """The fine-tuned samples of every prompt that two or more jobs generated, for a side-by-side view.
+
+    Returns the jobs that appear (in job order) and, per shared prompt (in first-seen order), the
+    job name -> video of each job that has one. Jobs on different datasets usually share none.
+    """
+    per_prompt: dict[str, dict[str, Path]] = {}
+    for row in rows:
+        for name, _base, tuned in row.videos:
+            if tuned is not None:
+                per_prompt.setdefault(prompt_label(name), {}).setdefault(row.name, tuned)
+    shared = [(prompt, videos) for prompt, videos in per_prompt.items() if len(videos) >= 2]
+    names = {name for _, videos in shared for name in videos}
+    return [row for row in rows if row.name in names], shared
+
+
 def metric_columns(rows: list[JobRow]) -> list[tuple[str, str]]:
     """(metric, score) pairs present in any job, in first-seen order."""
     seen: dict[tuple[str, str], None] = {}
