@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .bad_data import BadSampleReport
+from .buckets import Bucket, nearest_bucket, parse_buckets
 from .index import IndexEntry, VideoIndex, index_file_for
 from .shapes import generate_shapes, read_metadata
 from .sources import Problem, Sample
@@ -66,6 +67,15 @@ class ClipDataset(Dataset):
         self.hflip = hflip
         self.short_clip = short_clip
         self.epoch = 0
+        # Bucketing (IndexedClipDataset, training split): each sample's clip shape is its bucket's.
+        self.buckets: list[Bucket] | None = None
+        self.bucket_of: list[int] | None = None
+
+    def geometry(self, index: int) -> Bucket:
+        """(frames, height, width) of sample ``index``'s clip."""
+        if self.bucket_of is not None:
+            return self.buckets[self.bucket_of[index]]
+        return self.num_frames, self.height, self.width
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -105,12 +115,12 @@ class ClipDataset(Dataset):
         training = self.split in TRAIN_SPLITS
         rng = self.item_rng(index)
         flip = training and self.hflip and rng.random() < 0.5
+        num_frames, height, width = self.geometry(index)
         if sample.extra.get("kind") == "image":
-            video = read_image_clip(sample.path, self.num_frames, self.height, self.width, center=not training,
-                                    rng=rng, hflip=flip)
+            video = read_image_clip(sample.path, num_frames, height, width, center=not training, rng=rng, hflip=flip)
         else:
             video = read_clip(
-                sample.path, self.num_frames, self.height, self.width, frame_stride=self.frame_stride,
+                sample.path, num_frames, height, width, frame_stride=self.frame_stride,
                 target_fps=self.target_fps, start="random" if training else "center", rng=rng,
                 hflip=flip, short_clip=self.short_clip,
             )
@@ -158,13 +168,15 @@ class IndexedClipDataset(ClipDataset):
     ``frame_stride=None`` samples at ``fps`` frames per second whatever the source rate (what
     the model was trained at); an integer takes every k-th source frame instead. Files shorter
     than the clip are left out when ``short_clip="skip"``, looped or padded otherwise.
+    ``buckets`` (training split only): each sample takes the shape of the bucket nearest its aspect
+    ratio among those it is long enough for (see ``buckets.py``); other splits use the fixed shape.
     """
 
     def __init__(self, samples: list[Sample], problems: list[Problem], *, name: str, root: str, num_frames: int,
                  height: int, width: int, fps: float, seed: int, split: str = "train",
                  report_dir: str | None = None, index_dir: str | None = None, max_bad_fraction: float = 0.2,
                  frame_stride: int | None = None, hflip: bool = False, short_clip: str = "skip",
-                 allow_images: bool = False):
+                 allow_images: bool = False, buckets: list | None = None):
         if short_clip not in ("loop", "pad", "skip"):
             raise ValueError(f"dataset.short_clip={short_clip!r}; valid: loop, pad, skip")
         report = BadSampleReport(report_dir, dataset=name, split=split)
@@ -174,14 +186,25 @@ class IndexedClipDataset(ClipDataset):
         stride = frame_stride or 1
         index = VideoIndex(index_file_for(index_dir, name, root) if index_dir else None)
         entries = index.scan(sample.path for sample in samples)
-        good = []
+        bucketed = parse_buckets(buckets) if buckets is not None and split in TRAIN_SPLITS else None
+        # With buckets a file only has to be long enough for the shortest bucket.
+        shortest = min(f for f, _, _ in bucketed) if bucketed else num_frames
+        good, bucket_of = [], []
         for sample in samples:
-            reason = self._unusable(entries[sample.path], num_frames, stride, target_fps, short_clip, allow_images)
+            entry = entries[sample.path]
+            reason = self._unusable(entry, shortest, stride, target_fps, short_clip, allow_images)
+            if not reason and bucketed:
+                fitting = [i for i, (frames, _, _) in enumerate(bucketed)
+                           if entry.kind == "image" or short_clip != "skip"
+                           or clip_fits(entry, frames, stride, target_fps)]
+                bucket_of.append(nearest_bucket(entry.height or 0, entry.width or 0, bucketed, fitting))
+                if bucket_of[-1] is None:
+                    bucket_of.pop()
+                    reason = f"no bucket of dataset.buckets fits its size {entry.width}x{entry.height}"
             if reason:
                 report.add(sample.path, reason)
                 continue
-            entry = entries[sample.path]
-            # Source geometry travels with the sample (for buckets.py); a few ints per sample.
+            # Source geometry travels with the sample; a few ints per sample.
             sample.extra.update(kind=entry.kind, width=entry.width, height=entry.height, frames=entry.frames,
                                 fps=entry.fps)
             good.append(sample)
@@ -189,6 +212,10 @@ class IndexedClipDataset(ClipDataset):
         super().__init__(good, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
                          frame_stride=stride, target_fps=target_fps, hflip=hflip, short_clip=short_clip,
                          name=name, bad_report=report)
+        if bucketed:
+            self.buckets, self.bucket_of = bucketed, bucket_of
+            counts = {bucketed[b]: bucket_of.count(b) for b in range(len(bucketed))}
+            log.info("%s/%s buckets (frames, height, width) -> samples: %s", name, split, counts)
         self.root = root
         self.index_stats = {"probed": index.probes, "reused": index.reused, "bad": len(report.problems),
                             "usable": len(good)}

@@ -63,7 +63,8 @@ class VideoFolderDataset(IndexedClipDataset):
                  prompts_file: str | None = None, videos_file: str | None = None,
                  caption_extension: str = ".txt", recursive: bool = True, allow_images: bool = False,
                  validation_fraction: float = 0.0, index_dir: str | None = None, max_bad_fraction: float = 0.2,
-                 frame_stride: int | None = None, hflip: bool = False, short_clip: str = "skip"):
+                 frame_stride: int | None = None, hflip: bool = False, short_clip: str = "skip",
+                 buckets: list | None = None):
         directory = require_path(root, key="dataset.root", layout=LAYOUT, directory=True)
         samples, problems = read_folder(
             directory, metadata_file=metadata_file, path_column=path_column, caption_column=caption_column,
@@ -76,4 +77,4 @@ class VideoFolderDataset(IndexedClipDataset):
         super().__init__(samples, problems, name=name, root=root, num_frames=num_frames, height=height,
                          width=width, fps=fps, seed=seed, split=split, report_dir=report_dir,
                          index_dir=index_dir, max_bad_fraction=max_bad_fraction, frame_stride=frame_stride,
-                         hflip=hflip, short_clip=short_clip, allow_images=allow_images)
+                         hflip=hflip, short_clip=short_clip, allow_images=allow_images, buckets=buckets)

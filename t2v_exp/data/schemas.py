@@ -40,6 +40,8 @@ class RealVideoConfig(DatasetConfig):
     frame_stride: int | None = None  # None: sample at `fps`; k: every k-th source frame
     hflip: bool = False
     short_clip: str = "skip"  # skip | loop | pad
+    # [[frames, height, width], ...]: training clips take the shape nearest their aspect ratio
+    buckets: list[list[int]] | None = None
 
 
 @dataclass

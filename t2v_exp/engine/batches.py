@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.buckets import bucket_batches
+
 
 @dataclass
 class DataPosition:
@@ -75,13 +77,27 @@ class BatchStream:
                 f"The dataset has {len(dataset)} usable samples, fewer than one batch per process "
                 f"(gpu.batch_size={batch_size} x {world_size} processes): lower gpu.batch_size or add data."
             )
+        if not self.epoch_plan(0):  # bucketed: every bucket may hold less than a global batch
+            counts = {bucket: dataset.bucket_of.count(i) for i, bucket in enumerate(dataset.buckets)}
+            raise ValueError(
+                f"No bucket of dataset.buckets holds a full batch of {batch_size * world_size} samples "
+                f"(samples per bucket: {counts}): lower gpu.batch_size, merge buckets or add data."
+            )
+
+    def epoch_plan(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of one epoch: plain shuffled, or bucket by bucket when the dataset is bucketed."""
+        bucket_of = getattr(self.dataset, "bucket_of", None)
+        if bucket_of is not None:
+            return bucket_batches(bucket_of, self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                                  world_size=self.world_size)
+        return epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch, rank=self.rank,
+                             world_size=self.world_size)
 
     def plan(self, start: DataPosition) -> Iterator[tuple[DataPosition, list[tuple[int, int]]]]:
         """(position after the batch, its (epoch, index) items), from ``start`` onwards."""
         epoch, first = start.epoch, start.batch
         while True:
-            batches = epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch,
-                                    rank=self.rank, world_size=self.world_size)
+            batches = self.epoch_plan(epoch)
             for number in range(first, len(batches)):
                 yield DataPosition(epoch, number + 1), [(epoch, index) for index in batches[number]]
             epoch, first = epoch + 1, 0
@@ -103,8 +119,7 @@ class BatchStream:
 
     def describe_batch(self, epoch: int, batch: int) -> str:
         """The files of the batch being loaded (with workers, a few batches may be in flight)."""
-        batches = epoch_batches(len(self.dataset), self.batch_size, seed=self.seed, epoch=epoch,
-                                rank=self.rank, world_size=self.world_size)
+        batches = self.epoch_plan(epoch)
         in_flight = [i for b in batches[batch : batch + max(1, 2 * self.num_workers)] for i in b]
         samples = getattr(self.dataset, "samples", None)
         names = [str(samples[i].path) if samples is not None else f"item {i}" for i in in_flight]

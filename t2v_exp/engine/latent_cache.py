@@ -136,6 +136,9 @@ class CachedLatents(Dataset):
         self.paths = [cache.video_path(dataset, i) for i in range(len(dataset))]
         self.seed = seed
         self.epoch = 0
+        # Bucketed data: batches must still come from one bucket (cached latents differ in shape).
+        self.buckets = getattr(dataset, "buckets", None)
+        self.bucket_of = getattr(dataset, "bucket_of", None)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -131,6 +131,26 @@ def reset_single_process_accelerate_state() -> None:
         GradientState._reset_state()
 
 
+def validate_buckets(cfg: DictConfig, model_cls, roots) -> None:
+    """Every ``dataset.buckets`` shape must be one the model takes, checked like model.num_frames/height/width."""
+    from ..data.buckets import parse_buckets
+
+    buckets = cfg.dataset.get("buckets")
+    if buckets is None:
+        return
+    try:
+        parsed = parse_buckets(OmegaConf.to_container(buckets))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for i, (frames, height, width) in enumerate(parsed):
+        shaped = OmegaConf.merge(cfg.model, {"num_frames": frames, "height": height, "width": width})
+        try:
+            model_cls.validate(shaped, roots)
+        except ConfigError as exc:
+            raise ConfigError(f"dataset.buckets[{i}]=[{frames}, {height}, {width}] does not suit {cfg.model.name}: "
+                              f"{exc}") from None
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM/SIGINT arrived; a checkpoint of the last completed step was saved first."""
 
@@ -192,6 +212,7 @@ class Trainer:
         require_writable(self.run_dir)
         # Locate the checkpoint and check geometry from JSON configs before any weights load.
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+        validate_buckets(cfg, model_cls, roots)
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
         mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
         reset_single_process_accelerate_state()
