@@ -273,6 +273,8 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0")
     if cfg.train.keep_last < 1:
         raise ConfigError(f"train.keep_last={cfg.train.keep_last} must be >= 1 (checkpoints to keep)")
+    if int(cfg.dataset.get("cache_variants", 1)) < 1:
+        raise ConfigError(f"dataset.cache_variants={cfg.dataset.cache_variants} must be >= 1 (cached samples per clip)")
     if cfg.gpu.num_workers < 0:
         raise ConfigError(f"gpu.num_workers={cfg.gpu.num_workers} must be >= 0")
     if cfg.logger.backend not in ("wandb", "none"):

@@ -62,3 +62,42 @@ def test_training_from_the_cache_never_runs_the_encoders(compose_train, tmp_path
         assert record["train/loss"] > 0 and calls == []  # trained without touching VAE or text encoder
     finally:
         trainer.close()
+
+
+def test_cache_variants_follow_the_epochs_and_extend_without_re_encoding(run, compose_train, tmp_path):
+    """Variant v is the clip an uncached run decodes in epoch v; a larger K encodes only the new ones."""
+    import torch
+
+    from t2v_exp.engine.batches import instantiate_dataset
+    from t2v_exp.engine.trainer import Trainer
+
+    assert run("two", "dataset.cache=latents", "dataset.cache_variants=2")["cache"]["encoded_videos"] == 12
+    three = run("three", "dataset.cache=latents", "dataset.cache_variants=3")["cache"]
+    assert (three["encoded_videos"], three["reused_videos"]) == (6, 12)
+
+    cfg = compose_train([*FAST, f"paths.cache_dir={run.cache_dir}", "dataset.cache=latents",
+                         "dataset.cache_variants=3"], tmp_path / "inspect")
+    trainer = Trainer(cfg, tmp_path / "inspect")
+    try:
+        trainer.setup()
+        cached, model = trainer.dataset, trainer.model
+        plain = instantiate_dataset(cfg.dataset, split="train", report_dir=None)
+        for epoch in (0, 1, 2, 3):
+            cached.set_epoch(epoch)
+            plain.set_epoch(epoch % 3)
+            with torch.no_grad():
+                expected = model.encode_videos(plain[0]["video"].unsqueeze(0))[0]
+            torch.testing.assert_close(cached[0]["latents"], expected, rtol=1e-5, atol=1e-5)
+        cached.set_epoch(0)
+        first = cached[0]["latents"]
+        cached.set_epoch(1)
+        assert not torch.equal(first, cached[0]["latents"])  # another random start: another sample
+    finally:
+        trainer.close()
+
+
+def test_cache_variants_must_be_positive(compose_train, tmp_path):
+    from t2v_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset.cache_variants=0 must be >= 1"):
+        run_training(compose_train([*FAST, "dataset.cache_variants=0"], tmp_path), tmp_path)

@@ -22,6 +22,7 @@ class DatasetConfig:
     fps: int = 8
     seed: int = 0
     cache: str = "none"  # "latents": train from precomputed VAE latents + text embeddings (engine-side)
+    cache_variants: int = 1  # cached samples per clip (epoch e trains on variant e mod K): K x the encoding
 
 
 @dataclass

@@ -36,7 +36,7 @@ def epoch_batches(num_samples: int, batch_size: int, *, seed: int, epoch: int, r
     return batches
 
 
-ENGINE_DATASET_KEYS = ("cache",)  # dataset.* settings the engine consumes, not the dataset class
+ENGINE_DATASET_KEYS = ("cache", "cache_variants")  # dataset.* settings the engine consumes, not the dataset class
 
 
 def instantiate_dataset(dataset_cfg, *, split: str, report_dir: str | None):

@@ -6,8 +6,9 @@ settings); the file name is keyed by the clip's file identity (path, size, mtime
 reuses what matches and encodes only what changed. Text embeddings are keyed by the prompt text.
 While training from the cache the VAE and text encoder leave the accelerator.
 
-The cached clip is the one the dataset yields in epoch 0 (its random start and crop), so
-cached training sees the same clip each epoch; augmentation across epochs needs the uncached path.
+Each clip is cached as ``dataset.cache_variants`` samples: variant v is the clip the dataset
+yields in epoch v (its random start, crop and flip), and epoch e trains on variant e mod K. With
+the default K=1 every epoch sees the same clip; K=4 keeps four augmentations at 4x the encoding.
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ class LatentCache:
     def __init__(self, root: Path, model, dataset_cfg: dict):
         self.model = model
         identity = model_identity(model)
-        sampling = {k: v for k, v in dataset_cfg.items() if k not in ("cache", "cache_dir", "report_dir")}
+        # The variant count is left out of the key: variant v is the same whatever K is, so a larger
+        # K reuses the variants already encoded.
+        ignored = ("cache", "cache_variants", "cache_dir", "report_dir")
+        sampling = {k: v for k, v in dataset_cfg.items() if k not in ignored}
+        self.variants = int(dataset_cfg.get("cache_variants", 1) or 1)
         self.video_dir = Path(root) / "latents" / f"{model.family}-{_digest([CACHE_FORMAT, identity, sampling])}"
         self.text_dir = Path(root) / "text" / f"{model.family}-{_digest([CACHE_FORMAT, identity])}"
         self.stats = CacheStats()
         self._text_memory: dict[str, torch.Tensor] = {}  # prompts are few and small: keep them loaded
 
-    def video_path(self, dataset, index: int) -> Path:
-        return self.video_dir / f"{_digest(sample_identity(dataset, index))}.safetensors"
+    def video_path(self, dataset, index: int, variant: int = 0) -> Path:
+        suffix = f".v{variant}" if variant else ""  # variant 0 keeps the name caches had before variants
+        return self.video_dir / f"{_digest(sample_identity(dataset, index))}{suffix}.safetensors"
 
     def text_path(self, prompt: str) -> Path:
         return self.text_dir / f"{hashlib.sha1(prompt.encode()).hexdigest()[:20]}.safetensors"
@@ -91,16 +97,19 @@ class LatentCache:
     @torch.no_grad()
     def build(self, dataset, prompts: list[str], *, device) -> CacheStats:
         """Encode what is missing (progress bar), reuse the rest."""
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(0)
-        for index in tqdm(range(len(dataset)), desc="cache latents", unit="clip"):
-            path = self.video_path(dataset, index)
+        jobs = [(variant, index) for variant in range(self.variants) for index in range(len(dataset))]
+        for variant, index in tqdm(jobs, desc="cache latents", unit="clip"):
+            path = self.video_path(dataset, index, variant)
             if path.is_file():
                 self.stats.reused_videos += 1
                 continue
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(variant)  # the clip an uncached run would decode in epoch `variant`
             video = dataset[index]["video"].unsqueeze(0).to(device)
             self._write(path, {"latents": self.model.encode_videos(video)[0]})
             self.stats.encoded_videos += 1
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(0)
         for prompt in tqdm(sorted(set(prompts)), desc="cache text", unit="prompt", leave=False):
             path = self.text_path(prompt)
             if path.is_file():
@@ -133,7 +142,7 @@ class CachedLatents(Dataset):
 
     def __init__(self, dataset, cache: LatentCache, seed: int):
         self.dataset = dataset
-        self.paths = [cache.video_path(dataset, i) for i in range(len(dataset))]
+        self.paths = [[cache.video_path(dataset, i, v) for v in range(cache.variants)] for i in range(len(dataset))]
         self.seed = seed
         self.epoch = 0
         # Bucketed data: batches must still come from one bucket (cached latents differ in shape).
@@ -156,7 +165,9 @@ class CachedLatents(Dataset):
             key = sample.key
         else:
             prompt, key = self.dataset.captions()[index], str(index)
-        return {"latents": load_file(self.paths[index])["latents"], "prompt": prompt, "key": key}
+        variants = self.paths[index]
+        latents = load_file(variants[self.epoch % len(variants)])["latents"]
+        return {"latents": latents, "prompt": prompt, "key": key}
 
     def captions(self) -> list[str]:
         return self.dataset.captions()
