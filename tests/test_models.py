@@ -155,3 +155,20 @@ def test_exported_lora_loads_into_diffusers_pipeline(family, compose_train, tmp_
     ours = model.generate(["a red circle moving left"], num_inference_steps=2, guidance_scale=1.0,
                           generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours, adapted.float().clamp(0, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_the_tiny_2d_vae_round_trips_shapes_frames_with_unit_scaled_latents():
+    """Fitted once per cache (t2v_exp/models/tiny_vae.py): a random VAE would give ~9 dB and noise."""
+    from diffusers import AutoencoderKL
+
+    from t2v_exp.models.tiny import tiny_checkpoint
+    from t2v_exp.models.tiny_vae import shapes_frames
+
+    vae = AutoencoderKL.from_pretrained(tiny_checkpoint("modelscope"), subfolder="vae")
+    frames = shapes_frames(num_videos=16)  # shapes frames like those it was fitted on, decoded afresh
+    with torch.no_grad():
+        latents = vae.encode(frames).latent_dist.mode()
+        round_trip = vae.decode(latents).sample
+    psnr = 10 * torch.log10(4.0 / torch.mean((round_trip - frames) ** 2))
+    assert psnr > 25.0
+    assert 0.8 < float((latents * vae.config.scaling_factor).std()) < 1.25

@@ -1,0 +1,59 @@
+"""Fit the tiny twins' 2-D VAE to the synthetic shapes, so that what a tiny model learns shows in pixels.
+
+A randomly initialised VAE does not invert itself: decode(encode(x)) is noise, so even a tiny
+denoiser that has learned the latents of the shapes data would only ever produce noise. A few
+hundred steps of reconstruction training (about 40 s on two CPU cores, once per cache) bring the
+round trip to ~30 dB PSNR on held-in frames, and the scaling factor is set so the scaled latents
+have unit standard deviation, as the diffusion noise schedule assumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FIT_STEPS = 600
+FIT_BATCH = 32
+KL_WEIGHT = 1e-6  # just enough to keep the posterior a distribution; reconstruction dominates
+
+
+def shapes_frames(num_videos: int = 64, num_frames: int = 8, size: int = 32) -> torch.Tensor:
+    """[N, 3, size, size] frames in [-1, 1] of every shape, colour and direction, via the real decoder."""
+    from ..data.datasets import ShapesDataset
+
+    with tempfile.TemporaryDirectory(prefix="t2v_tiny_vae_") as root:
+        dataset = ShapesDataset(root=root, num_videos=num_videos, domain="all", num_frames=num_frames,
+                                height=size, width=size, fps=8, seed=0)
+        return torch.cat([dataset[i]["video"] for i in range(len(dataset))])
+
+
+def fit_image_vae(vae, frames: torch.Tensor, *, steps: int = FIT_STEPS, seed: int = 0) -> dict:
+    """Train ``vae`` (diffusers AutoencoderKL) in place on ``frames``; returns the fit's figures."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    started = time.perf_counter()
+    vae.train()
+    for _ in range(steps):
+        batch = frames[torch.randint(0, len(frames), (FIT_BATCH,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, batch) + KL_WEIGHT * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    vae.eval()
+    with torch.no_grad():
+        latents = vae.encode(frames).latent_dist.mode()
+        round_trip = vae.decode(latents).sample
+    mse = torch.mean((round_trip - frames) ** 2).item()
+    std = latents.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    figures = {"steps": steps, "psnr_db": 10 * torch.log10(torch.tensor(4.0 / mse)).item(), "latent_std": std,
+               "seconds": time.perf_counter() - started}
+    log.info("Tiny VAE fitted to shapes: %(psnr_db).1f dB round trip in %(seconds).0f s", figures)
+    return figures
