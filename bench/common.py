@@ -118,6 +118,15 @@ def compose_train(overrides: Sequence[str] = (), run_dir: Path | None = None, co
     return compose_job_config(overrides, run_dir, config_name)
 
 
+def build_tiny_twins() -> None:
+    """Build (or find) every tiny twin before anything is timed: a first build, with its ~40 s VAE
+    fit (t2v_exp/models/tiny_vae.py), must not land inside a measurement."""
+    from t2v_exp.models.tiny import BUILDERS, tiny_checkpoint
+
+    for name in BUILDERS:
+        tiny_checkpoint(name)
+
+
 IN_MEMORY_DATASET = "bench.common.InMemoryClips"
 
 
