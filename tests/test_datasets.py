@@ -198,20 +198,20 @@ def test_msrvtt_random_caption_per_epoch_and_all_captions(tmp_path):
 
 
 def test_buckets_group_by_shape_and_are_deterministic(tmp_path):
-    from t2v_exp.data.buckets import assign_bucket, bucket_batches, bucket_ids
+    from t2v_exp.data.buckets import bucket_batches, nearest_bucket
     from t2v_exp.data.video_io import write_video
 
     buckets = [(8, 32, 32), (8, 24, 40), (4, 24, 40)]
-    assert assign_bucket(20, 360, 640, buckets) == 1  # wide and long: the wide 8-frame bucket
-    assert assign_bucket(5, 360, 640, buckets) == 2  # wide but short: fewer frames
-    assert assign_bucket(20, 300, 300, buckets) == 0 and assign_bucket(2, 300, 300, buckets) is None
+    assert nearest_bucket(360, 640, buckets, [0, 1, 2]) == 1  # wide and long enough: the wide 8-frame bucket
+    assert nearest_bucket(360, 640, buckets, [2]) == 2  # wide but short: only the 4-frame one fits
+    assert nearest_bucket(300, 300, buckets, [0, 1, 2]) == 0 and nearest_bucket(300, 300, buckets, []) is None
     for i in range(4):
         wide = i % 2 == 0
         path = write_video(tmp_path / f"{i}.mp4", flat_frames(10, 50, 24 if wide else 32, 40 if wide else 32), fps=8)
         path.with_suffix(".txt").write_text(f"video {i}")
-    ds = VideoFolderDataset(root=str(tmp_path), **GEOMETRY)
-    ids = bucket_ids(ds.samples, buckets)
-    assert ids == [1, 0, 1, 0]
+    ds = VideoFolderDataset(root=str(tmp_path), **GEOMETRY, buckets=[list(b) for b in buckets])
+    ids = ds.bucket_of
+    assert ids == [1, 0, 1, 0]  # 10 frames at 8 fps: long enough for the 8-frame buckets
     batches = bucket_batches(ids, 2, seed=0, epoch=0)
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]
     assert batches == bucket_batches(ids, 2, seed=0, epoch=0)

@@ -25,18 +25,6 @@ def nearest_bucket(height: int, width: int, buckets: Sequence[Bucket], allowed: 
     return min(allowed, key=lambda i: (abs(math.log(buckets[i][2] / buckets[i][1]) - aspect), -buckets[i][0]))
 
 
-def assign_bucket(frames: int, height: int, width: int, buckets: Sequence[Bucket]) -> int | None:
-    """The bucket for a file of ``frames`` frames (counted at the sampling rate); None when the file
-    is shorter than every bucket."""
-    return nearest_bucket(height, width, buckets, (i for i, (f, _, _) in enumerate(buckets) if frames >= f))
-
-
-def bucket_ids(samples, buckets: Sequence[Bucket]) -> list[int | None]:
-    """One bucket per sample from the source geometry IndexedClipDataset stores in ``sample.extra``."""
-    return [assign_bucket(s.extra.get("frames", 0), s.extra.get("height", 0), s.extra.get("width", 0), buckets)
-            for s in samples]
-
-
 def bucket_batches(ids: Sequence[int | None], batch_size: int, *, seed: int, epoch: int, rank: int = 0,
                    world_size: int = 1, drop_last: bool = True) -> list[list[int]]:
     """Shuffled batches of sample indices, each from one bucket; samples without a bucket are left out.
