@@ -37,7 +37,6 @@ import argparse
 import gc
 import itertools
 import math
-import os
 import re
 import sys
 import tempfile
@@ -46,8 +45,6 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402

@@ -25,7 +25,6 @@ import argparse
 import cProfile
 import io
 import math
-import os
 import pstats
 import sys
 import tempfile
@@ -33,9 +32,6 @@ import time
 import timeit
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402

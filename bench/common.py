@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-import torch
+# Every benchmark runs offline and untracked; set before torch, diffusers or wandb is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
