@@ -33,7 +33,6 @@ trainer = Trainer(cfg, Path(run_dir))
 started = time.perf_counter()
 trainer.setup()
 setup_s = time.perf_counter() - started
-trainer.grad_norm, trainer.update_skipped, trainer.nonfinite_in_a_row = 0.0, False, 0
 batches = iter(trainer.batches)
 for _ in range(3):  # warm-up
     trainer.train_step(batches)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import math
 import re
 import sys
 import tempfile
@@ -205,7 +204,6 @@ class EngineStep:
         trainer.trainable = adapter.trainable_parameters()
         trainer.state, trainer.batches = TrainState(), SimpleNamespace(position=DataPosition())
         trainer.cache = SimpleNamespace(embeds=lambda prompts: embeds)
-        trainer.grad_norm, trainer.update_skipped, trainer.nonfinite_in_a_row = math.nan, False, 0
         batch = {"latents": latents, "prompt": [""] * latents.shape[0], "key": [f"k{i}" for i in range(latents.shape[0])]}
         self.trainer, self.batches, self.raw_optimizer = trainer, itertools.repeat(batch), optimizer
 

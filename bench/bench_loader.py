@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -123,8 +122,6 @@ class TrainingSide:
 
         self.trainer = Trainer(compose_train(overrides, run_dir), run_dir)
         self.trainer.setup()
-        # fit() sets these before its loop; train_step is called directly here.
-        self.trainer.grad_norm, self.trainer.update_skipped, self.trainer.nonfinite_in_a_row = math.nan, False, 0
         self.steps = steps_per_block
         self.block()  # warm-up
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import math
 import pstats
 import sys
 import tempfile
@@ -75,8 +74,6 @@ class EngineSide:
 
         self.trainer = Trainer(cfg, run_dir)
         self.trainer.setup()
-        # fit() sets these before its loop; train_step is called directly here.
-        self.trainer.grad_norm, self.trainer.update_skipped, self.trainer.nonfinite_in_a_row = math.nan, False, 0
         self.batches = iter(self.trainer.batches)
         self.last_loss = None
 
