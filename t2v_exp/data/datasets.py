@@ -193,17 +193,19 @@ class IndexedClipDataset(ClipDataset):
         for sample in samples:
             entry = entries[sample.path]
             reason = self._unusable(entry, shortest, stride, target_fps, short_clip, allow_images)
+            bucket = None
             if not reason and bucketed:
                 fitting = [i for i, (frames, _, _) in enumerate(bucketed)
                            if entry.kind == "image" or short_clip != "skip"
                            or clip_fits(entry, frames, stride, target_fps)]
-                bucket_of.append(nearest_bucket(entry.height or 0, entry.width or 0, bucketed, fitting))
-                if bucket_of[-1] is None:
-                    bucket_of.pop()
+                bucket = nearest_bucket(entry.height or 0, entry.width or 0, bucketed, fitting)
+                if bucket is None:
                     reason = f"no bucket of dataset.buckets fits its size {entry.width}x{entry.height}"
             if reason:
                 report.add(sample.path, reason)
                 continue
+            if bucketed:
+                bucket_of.append(bucket)
             # Source geometry travels with the sample; a few ints per sample.
             sample.extra.update(kind=entry.kind, width=entry.width, height=entry.height, frames=entry.frames,
                                 fps=entry.fps)
