@@ -21,8 +21,13 @@ FAMILIES = {
 def isolated_environment(tmp_path_factory):
     """Tiny twins and synthetic data in a session cache; W&B offline; nothing from the hub."""
     cache = os.environ.get("T2V_EXP_TEST_CACHE") or str(tmp_path_factory.mktemp("t2v_cache"))
-    saved = {k: os.environ.get(k) for k in ("T2V_EXP_CACHE", "WANDB_MODE", "HF_HUB_OFFLINE", "WANDB_SILENT")}
-    os.environ.update(T2V_EXP_CACHE=cache, WANDB_MODE="offline", HF_HUB_OFFLINE="1", WANDB_SILENT="true")
+    from t2v_exp.weights import weights_dir
+
+    saved = {k: os.environ.get(k)
+             for k in ("T2V_EXP_CACHE", "T2V_EXP_WEIGHTS", "WANDB_MODE", "HF_HUB_OFFLINE", "WANDB_SILENT")}
+    # The detector weights `make install` fetched stay where they are: the tests use the real FVD I3D.
+    os.environ.update(T2V_EXP_WEIGHTS=str(weights_dir()), T2V_EXP_CACHE=cache, WANDB_MODE="offline",
+                      HF_HUB_OFFLINE="1", WANDB_SILENT="true")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield Path(cache)
     for key, value in saved.items():

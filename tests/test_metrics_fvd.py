@@ -57,7 +57,7 @@ def test_fvd_matches_detector_called_by_hand_and_records_protocol():
 
 def test_same_videos_give_zero_and_different_sets_do_not():
     videos = uint8_videos(4, height=40, width=56, seed=3)
-    detector, _ = load_i3d(settings())
+    detector = load_i3d(settings())
     same = fvd(videos, videos, settings(), detector=detector)["fvd"]
     brighter = (videos.int() // 2 + 128).to(torch.uint8)
     different = fvd(videos, brighter, settings(), detector=detector)["fvd"]
@@ -67,9 +67,9 @@ def test_same_videos_give_zero_and_different_sets_do_not():
 
 def test_longer_videos_use_the_first_clip_frames_and_short_ones_fail_clearly():
     videos = uint8_videos(2, frames=20, height=32, width=32, seed=4)
-    detector, _ = load_i3d(settings())
-    first16, _ = i3d_features(videos[:, :16], detector, settings())
-    all20, _ = i3d_features(videos, detector, settings())
+    detector = load_i3d(settings())
+    first16 = i3d_features(videos[:, :16], detector, settings())
+    all20 = i3d_features(videos, detector, settings())
     torch.testing.assert_close(first16, all20)
     with pytest.raises(ValueError, match="metric_settings.fvd.num_frames"):
         i3d_features(videos[:, :8], detector, settings())
@@ -95,12 +95,10 @@ def test_short_side_center_crop_feeds_the_detector_224_and_is_recorded():
     assert np.isfinite(result["fvd"])
 
 
-def test_detector_without_keyword_switches_is_called_without_them():
+def test_torchscript_port_without_return_features_is_refused_not_run_on_the_wrong_output():
     videos = uint8_videos(3, height=16, width=16, seed=6)
-    result = fvd(videos, videos.flip(0), FVDSettings(detector_path=str(plain_i3d_file())))
-    assert result["protocol"]["detector_call_kwargs"] == {}
-    assert result["protocol"]["feature_dim"] == 16
-    assert any("does not accept" in note for note in result["warnings"])
+    with pytest.raises(ValueError, match="no return_features switch"):
+        fvd(videos, videos.flip(0), FVDSettings(detector_path=str(plain_i3d_file())))
 
 
 def test_missing_detector_names_the_setting(tmp_path):

@@ -20,12 +20,13 @@ import torch
 class MissingWeightsError(FileNotFoundError):
     """A detector weight file is not on disk; `setting` is the config key that points to it."""
 
-    def __init__(self, path: str | os.PathLike | None, setting: str, what: str):
+    def __init__(self, path: str | os.PathLike | None, setting: str, what: str, fix: str | None = None):
         self.path = None if path is None else str(path)
         self.setting = setting
         shown = "<unset>" if path is None else f"'{path}'"
         self.reason = f"{what} weights not found at {shown} (no downloads are attempted)"
-        self.fix = f"set {setting}=/path/to/the/file"
+        # `+` because metric_settings is an open dict in the Hydra config: a new key needs it.
+        self.fix = fix or f"set +{setting}=/path/to/the/file"
         super().__init__(f"{self.reason}; {self.fix}")
 
 

