@@ -16,7 +16,8 @@ export TOKENIZERS_PARALLELISM ?= false
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install the project with its dev tools (idempotent)
+install: $(STAMP) ## create .venv, install the project with its dev tools, fetch the FVD detector (idempotent)
+	@$(PY) -m t2v_exp.weights fetch fvd
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
