@@ -10,9 +10,11 @@ from t2v_exp.metrics.inception_score import (
     InceptionScoreSettings,
     build_inception,
     inception_score,
+    inception_score_ci,
     inception_score_from_probs,
     split_permutation,
 )
+from t2v_exp.metrics.stats import bootstrap_indices, percentile_interval
 from tests.test_metrics_fixtures import inception_file
 
 
@@ -75,3 +77,203 @@ def test_loads_local_state_dict_and_scores_frames():
 def test_missing_weights_name_the_setting(tmp_path):
     with pytest.raises(MissingWeightsError, match="metric_settings.inception_score.weights_path"):
         build_inception(str(tmp_path / "absent.pth"))
+
+
+# ----------------------------------------------------------------------------- weight layouts
+
+
+def _randomised_source_model(aux_logits=True):
+    """A torchvision inception_v3 with random weights and BatchNorm statistics, rounded to fp16.
+
+    Random running statistics matter: a fresh model has mean 0 / var 1, so a load that skipped
+    them would still match. Weights are rounded to fp16 (halving the files) before the model
+    keeps them, so the source model and the file hold the same numbers.
+    """
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(11)
+    model = inception_v3(weights=None, aux_logits=aux_logits, init_weights=False).eval()
+    generator = torch.Generator().manual_seed(12)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    state = {key: value.half() if value.is_floating_point() else value for key, value in model.state_dict().items()}
+    model.load_state_dict(state)
+    return model, state
+
+
+@pytest.fixture(scope="module")
+def torchvision_source():
+    return _randomised_source_model()
+
+
+def shape_only(shapes):
+    """State dict with the given key -> shape, each a stride-0 view of one number.
+
+    Layout checks read keys and shapes only, and torch.save stores such a view's single-element
+    storage, so a 100 MB network's layout costs a few kB on disk.
+    """
+    return {key: torch.zeros((), dtype=torch.float16).expand(shape) for key, shape in shapes.items()}
+
+
+def torchvision_shapes(aux_logits, classes=1000, counters=True):
+    from torchvision.models import inception_v3
+
+    with torch.device("meta"):
+        model = inception_v3(weights=None, aux_logits=aux_logits, init_weights=False, num_classes=classes)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()
+            if counters or not key.endswith("num_batches_tracked")}
+
+
+def saved(tmp_path, name, state):
+    path = tmp_path / name
+    torch.save(state, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("variant", ["with_aux", "without_aux", "without_batch_counters"])
+def test_torchvision_layouts_load_and_give_the_source_models_logits(tmp_path, torchvision_source, variant):
+    source, state = torchvision_source
+    if variant == "without_aux":
+        state = {key: value for key, value in state.items() if not key.startswith("AuxLogits.")}
+    if variant == "without_batch_counters":
+        state = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    model, record = build_inception(saved(tmp_path, f"{variant}.pth", state))
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(13)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), source(images), rtol=0, atol=0)
+    assert record["detector_layout"].startswith("torchvision inception_v3, 1000 classes")
+    assert ("without auxiliary head" in record["detector_layout"]) == (variant == "without_aux")
+
+
+def fid_inception_shapes(counters):
+    """pytorch-fid's fid_inception_v3(): torchvision's inception_v3(num_classes=1008, aux_logits=False)
+    with Mixed_5b-d / 6b-e / 7b / 7c swapped for FIDInceptionA/C/E_1/E_2, subclasses that add no
+    modules, so the key set is torchvision's. torch-fidelity's converter
+    (utils/util_convert_inception_weights.py) writes the same names without BatchNorm counters."""
+    return torchvision_shapes(aux_logits=False, classes=1008, counters=counters)
+
+
+@pytest.mark.parametrize("counters,provenance", [
+    (True, "state_dict() of a pytorch-fid or torch-fidelity module"),
+    (False, "torch-fidelity's util_convert_inception_weights.py"),
+])
+def test_fid_inception_is_refused_although_torchvision_would_load_it(tmp_path, counters, provenance):
+    from torchvision.models import inception_v3
+
+    state = shape_only(fid_inception_shapes(counters))
+    # Names taken from torch-fidelity's converter map: the layouts really do share key names.
+    assert {"Mixed_6b.branch7x7dbl_5.conv.weight", "Mixed_7c.branch3x3dbl_3b.bn.running_var", "fc.bias"} <= set(state)
+    # The hazard: torchvision's own loader takes this file without a complaint.
+    inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008).load_state_dict(state, strict=True)
+
+    with pytest.raises(ValueError) as raised:
+        build_inception(saved(tmp_path, "pt_inception-2015-12-05-6726825d.pth", state))
+    message = str(raised.value)
+    for expected in ("FID Inception", "1008", "pytorch-fid", "torch-fidelity", "hybrid", provenance,
+                     "metric_settings.inception_score.weights_path"):
+        assert expected in message
+
+
+def test_pytorch_fid_feature_extractor_wrapper_is_refused(tmp_path):
+    blocks = [
+        ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"],
+        ["Conv2d_3b_1x1", "Conv2d_4a_3x3"],
+        ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"],
+        ["Mixed_7a", "Mixed_7b", "Mixed_7c"],
+    ]
+    shapes = {}
+    for key, shape in fid_inception_shapes(counters=True).items():
+        module, rest = key.split(".", 1)
+        for block, names in enumerate(blocks):
+            if module in names:
+                shapes[f"blocks.{block}.{names.index(module)}.{rest}"] = shape
+    assert "blocks.3.2.branch_pool.conv.weight" in shapes and not any(key.startswith("fc.") for key in shapes)
+    with pytest.raises(ValueError, match="pytorch-fid's InceptionV3 feature extractor.*no classifier"):
+        build_inception(saved(tmp_path, "wrapper.pth", shape_only(shapes)))
+
+
+def test_classifier_with_another_class_count_is_refused(tmp_path):
+    state = shape_only(torchvision_shapes(aux_logits=True, classes=10))
+    with pytest.raises(ValueError, match="classifier with 10 classes, not torchvision's 1000"):
+        build_inception(saved(tmp_path, "ten_classes.pth", state))
+
+
+def test_other_networks_are_refused_naming_missing_and_unexpected_keys(tmp_path):
+    from torchvision.models import resnet18
+
+    with pytest.raises(ValueError) as raised:
+        build_inception(saved(tmp_path, "resnet18.pth", resnet18(weights=None).state_dict()))
+    message = str(raised.value)
+    assert "is not an Inception-v3" in message
+    assert "missing ('Conv2d_1a_3x3.bn.bias'" in message and "unexpected key(s) ('bn1.bias'" in message
+
+
+def test_prefixed_keys_are_refused_with_the_prefix_named(tmp_path):
+    state = shape_only({f"backbone.{key}": shape for key, shape in torchvision_shapes(aux_logits=True).items()})
+    with pytest.raises(ValueError, match="every key starts with 'backbone.'"):
+        build_inception(saved(tmp_path, "prefixed.pth", state))
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused(tmp_path):
+    shapes = torchvision_shapes(aux_logits=True)
+    shapes["Mixed_6c.branch7x7_2.conv.weight"] = (160, 160, 7, 1)  # 7x1 where torchvision has 1x7
+    with pytest.raises(ValueError, match=r"Mixed_6c.branch7x7_2.conv.weight \(160, 160, 7, 1\) \(expected \(160, 160, 1, 7\)\)"):
+        build_inception(saved(tmp_path, "transposed.pth", shape_only(shapes)))
+
+
+def test_aux_head_with_another_class_count_is_refused(tmp_path):
+    shapes = torchvision_shapes(aux_logits=True)
+    shapes["AuxLogits.fc.weight"], shapes["AuxLogits.fc.bias"] = (10, 768), (10,)
+    with pytest.raises(ValueError, match="AuxLogits.fc.bias"):
+        build_inception(saved(tmp_path, "mixed_heads.pth", shape_only(shapes)))
+
+
+# ----------------------------------------------------------------------------- bootstrap CI over videos
+
+
+def test_ci_resamples_whole_videos():
+    # Video v shows class v in all its frames; with one split the IS of a resample is
+    # exp(entropy of how often each video was drawn), computable from the drawn indices alone.
+    videos, frames = 12, 3
+    probs = torch.eye(videos).repeat_interleave(frames, dim=0).double()
+    ci = inception_score_ci(probs, videos, splits=1, split_seed=0, resamples=300, seed=4)
+    expected = []
+    for row in bootstrap_indices(videos, 300, 4):
+        share = np.bincount(row, minlength=videos) / videos
+        share = share[share > 0]
+        expected.append(np.exp(-(share * np.log(share)).sum()))
+    low, high = percentile_interval(np.array(expected))
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high), rel=1e-9)
+    assert ci["n"] == ci["num_videos"] == videos and ci["resamples"] == 300 and ci["non_finite_resamples"] == 0
+
+
+def test_ci_contains_the_point_estimate_and_is_reproducible():
+    rng = np.random.default_rng(7)
+    probs = torch.from_numpy(rng.dirichlet(np.full(20, 0.3), size=(40 * 4)))
+    point, _ = inception_score_from_probs(probs, splits=10, seed=0)
+    ci = inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=0)
+    assert ci["ci_low"] < point < ci["ci_high"]
+    assert ci == inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=0)
+    other = inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=1)
+    assert (other["ci_low"], other["ci_high"]) != (ci["ci_low"], ci["ci_high"])
+
+
+def test_resamples_too_small_to_split_are_dropped():
+    probs = torch.eye(4).double()  # 4 videos of 1 frame, fewer frames than splits in every resample
+    with pytest.raises(ValueError, match="no resample gave a finite value"):
+        inception_score_ci(probs, 4, splits=10, split_seed=0, resamples=5, seed=0)
+
+
+def test_inception_score_reports_the_ci_over_videos():
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    videos = torch.rand(6, 3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    settings = InceptionScoreSettings(splits=3, bootstrap_resamples=50, bootstrap_seed=3)
+    result = inception_score(videos, settings, model=model)
+    ci = result["inception_score_ci"]
+    assert ci["num_videos"] == 6 and ci["resamples"] == 50 and ci["seed"] == 3 and ci["confidence"] == 0.95
+    assert ci["ci_low"] <= ci["ci_high"]
+    off = inception_score(videos, InceptionScoreSettings(splits=3, bootstrap_resamples=0), model=model)
+    assert off["inception_score_ci"] is None
+    assert off["inception_score_frame"] == result["inception_score_frame"]

@@ -53,7 +53,7 @@ def test_missing_weights_and_reference_are_skipped_with_fixes_while_temporal_run
     assert "clip_sim" not in result["per_video"] and len(result["per_video"]["temporal_ssim"]) == 3
 
     with_reference = compute_metrics(videos(frames=3), PROMPTS, videos(frames=3, seed=1), ["fvd"], settings)
-    assert with_reference["metrics"]["fvd"]["fix"].startswith("set metric_settings.fvd.detector_path=")
+    assert with_reference["metrics"]["fvd"]["fix"].startswith("set +metric_settings.fvd.detector_path=")
 
 
 def test_all_metrics_with_local_weights_report_scores_protocol_and_per_video_columns():

@@ -11,6 +11,7 @@ from .fvd import FVDSettings, fvd, i3d_features, load_i3d
 from .inception_score import InceptionScoreSettings, inception_score, inception_score_from_probs
 from .suite import DEFAULT_METRICS, METRIC_NAMES, MetricsSettings, compute_metrics, per_video_rows
 from .temporal import TemporalSettings, temporal_scores
+from .vbench import VBenchSettings, background_consistency, temporal_flickering
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -21,7 +22,9 @@ __all__ = [
     "MetricsSettings",
     "MissingWeightsError",
     "TemporalSettings",
+    "VBenchSettings",
     "as_float_videos",
+    "background_consistency",
     "clip_score",
     "compute_metrics",
     "feature_statistics",
@@ -34,5 +37,6 @@ __all__ = [
     "load_i3d",
     "per_video_rows",
     "sha256_file",
+    "temporal_flickering",
     "temporal_scores",
 ]

@@ -21,10 +21,13 @@ from .detectors import MissingWeightsError, as_float_videos
 from .fvd import FVDSettings, fvd
 from .inception_score import InceptionScoreSettings, inception_score
 from .temporal import TemporalSettings, temporal_scores
+from .vbench import VBenchSettings, background_consistency, temporal_flickering
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("clip_score", "fvd", "inception_score", "temporal", "shapes_oracle")
+METRIC_NAMES = (
+    "clip_score", "fvd", "inception_score", "temporal", "shapes_oracle", "temporal_flickering", "background_consistency",
+)
 DEFAULT_METRICS = ("clip_score", "fvd", "inception_score", "temporal")
 
 
@@ -36,6 +39,7 @@ class MetricsSettings:
     fvd: FVDSettings = field(default_factory=FVDSettings)
     inception_score: InceptionScoreSettings = field(default_factory=InceptionScoreSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
+    vbench: VBenchSettings = field(default_factory=VBenchSettings)  # temporal_flickering, background_consistency
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> MetricsSettings:
@@ -87,7 +91,8 @@ def _run_fvd(videos, prompts, reference_videos, settings: MetricsSettings) -> di
     if reference_videos is None:
         raise MetricSkipped(
             "FVD needs reference videos and none were given",
-            "pass reference_videos=[N, F, C, H, W] (real clips from the evaluation dataset) to compute_metrics",
+            "evaluate videos=DIR: add reference=DIR_OF_REAL_CLIPS; from Python: pass reference_videos=[N, F, C, H, W] "
+            "to compute_metrics",
         )
     return fvd(videos, reference_videos, settings.fvd)
 
@@ -112,12 +117,23 @@ def _run_shapes_oracle(videos, prompts, reference_videos, settings: MetricsSetti
     return dict(shapes_oracle_scores(videos, list(prompts)))
 
 
+def _run_temporal_flickering(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
+    return temporal_flickering(videos)
+
+
+def _run_background_consistency(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
+    # The CLIP file is the one metric_settings.clip_score points to: one place to configure CLIP.
+    return background_consistency(videos, settings.vbench, settings.clip_score)
+
+
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "clip_score": _run_clip_score,
     "fvd": _run_fvd,
     "inception_score": _run_inception_score,
     "temporal": _run_temporal,
     "shapes_oracle": _run_shapes_oracle,
+    "temporal_flickering": _run_temporal_flickering,
+    "background_consistency": _run_background_consistency,
 }
 
 
