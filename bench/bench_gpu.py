@@ -116,8 +116,9 @@ def noise_scheduler(family: str):
     """The published training schedules, as the t2v_exp adapters configure them."""
     from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
 
-    from t2v_exp.models.animatediff import MOTION_BETAS
-    from t2v_exp.models.tiny import COGVIDEOX_SCHEDULER, MODELSCOPE_SCHEDULER, SD15_SCHEDULER
+    from t2v_exp.models.animatediff import MOTION_BETAS, SD15_SCHEDULER
+    from t2v_exp.models.cogvideox import COGVIDEOX_SCHEDULER
+    from t2v_exp.models.modelscope import MODELSCOPE_SCHEDULER
 
     if family == "cogvideox":
         return CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER)

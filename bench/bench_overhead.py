@@ -54,8 +54,7 @@ TARGET_RATIO = 0.97
 #: functions whose cumulative time the profile reports by name (the rest: top entries by own time)
 PROFILE_NAMES = [
     "train_step", "_micro_step", "_apply_update", "sample_generators", "apply_caption_dropout",
-    "encode_videos", "encode_prompts", "training_loss", "noised_latents", "sample_noise",
-    "sample_timesteps", "backward", "clip_grad_norm_", "step", "zero_grad", "peak_memory_mb",
+    "encode_videos", "encode_prompts", "training_loss", "draw", "sample_noise", "backward", "clip_grad_norm_", "step", "zero_grad", "peak_memory_mb",
     "_check_finite", "__iter__", "__next__", "collate", "reduce", "trainable_parameters",
 ]
 
@@ -94,7 +93,7 @@ def engine_only_costs(engine: EngineSide) -> dict:
     read off ``Trainer.train_step`` / ``_micro_step`` / ``_apply_update``; the last entry is what a
     DictConfig read costs, which the engine no longer does per step (``StepSettings``)."""
     from t2v_exp.engine.trainer import apply_caption_dropout, peak_memory_mb, sample_generators
-    from t2v_exp.models import common
+    from t2v_exp.models.objectives import sample_noise
 
     trainer, model = engine.trainer, engine.trainer.model
     keys = [f"k{i}" for i in range(int(trainer.cfg.gpu.batch_size))]
@@ -112,7 +111,7 @@ def engine_only_costs(engine: EngineSide) -> dict:
     costs = {
         "sample_generators (1/step)": per_call_us(lambda: sample_generators(0, 1, keys)),
         "apply_caption_dropout (1/step)": per_call_us(lambda: apply_caption_dropout(prompts, 0.1, generators)),
-        "sample_noise - randn_like (1/step)": per_call_us(lambda: common.sample_noise(like, generators))
+        "sample_noise - randn_like (1/step)": per_call_us(lambda: sample_noise(like, generators))
         - per_call_us(lambda: torch.randn_like(like)),
         "accumulate+autocast contexts (1/step)": per_call_us(accumulate),
         "loss mean -> tensor -> float (1/step)": per_call_us(reduce_loss),

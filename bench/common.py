@@ -126,10 +126,10 @@ def compose_train(overrides: Sequence[str] = (), run_dir: Path | None = None, co
 def build_tiny_twins() -> None:
     """Build (or find) every tiny twin before anything is timed: a first build, with its ~40 s VAE
     fit (t2v_exp/models/tiny_vae.py), must not land inside a measurement."""
-    from t2v_exp.models.tiny import BUILDERS, tiny_checkpoint
+    from t2v_exp.models.registry import tiny_builders, tiny_twin
 
-    for name in BUILDERS:
-        tiny_checkpoint(name)
+    for name in tiny_builders():
+        tiny_twin(name)
 
 
 IN_MEMORY_DATASET = "bench.common.InMemoryClips"

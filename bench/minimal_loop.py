@@ -134,7 +134,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.common import InMemoryClips
-    from t2v_exp.models.tiny import tiny_checkpoint
+    from t2v_exp.models.registry import tiny_twin
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=["modelscope", "cogvideox", "animatediff"], default="modelscope")
@@ -145,8 +145,8 @@ def main() -> None:
 
     set_seed(42)
     base = {"modelscope": "modelscope", "cogvideox": "cogvideox", "animatediff": "sd15"}[args.family]
-    parts = load_components(args.family, tiny_checkpoint(base),
-                            tiny_checkpoint("motion_adapter") if args.family == "animatediff" else None)
+    parts = load_components(args.family, tiny_twin(base),
+                            tiny_twin("motion_adapter") if args.family == "animatediff" else None)
     for module in (parts.text_encoder, parts.vae):
         module.requires_grad_(False).eval()
     add_lora(parts.denoiser, 4, 4, scope="motion_modules" if args.family == "animatediff" else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
 
@@ -68,7 +68,6 @@ class ModelConfig:
     name: str = MISSING
     family: str = MISSING
     pretrained: str = MISSING
-    motion_adapter: str | None = None
     finetune: Finetune = Finetune.lora
     lora: LoraConfig = field(default_factory=LoraConfig)
     num_frames: int = 16
@@ -156,9 +155,12 @@ class ValidationConfig:
 class EvalSettings:
     """What to generate and how to score it (``evaluation.*`` in train.yaml, top level in evaluate.yaml)."""
 
-    metrics: list[str] = field(default_factory=lambda: ["temporal", "clip_score", "fvd", "inception_score"])
-    num_videos: int = 8
-    seed: int = 0  # video i is generated from seed + i: same prompts, same seeds across models
+    # [auto]: temporal, FVD when the videos have its 16 frames (detector fetched by `make install`),
+    # shapes_oracle for shapes prompts; weight-file metrics are opt-in (t2v_exp.evaluation.resolve_metrics).
+    metrics: list[str] = field(default_factory=lambda: ["auto"])
+    num_videos: int = 16  # videos in all (N of every CI and of FVD): num_videos / seeds_per_prompt prompts
+    seeds_per_prompt: int = 2  # video i: prompt i // seeds_per_prompt, seed + i; same list across models
+    seed: int = 0
     num_inference_steps: int = 25
     guidance_scale: float = 6.0
     split: str = "validation"  # dataset split for prompts and reference clips
@@ -185,7 +187,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     seed: int = 42
-    resume: str | None = None  # "latest" or a checkpoint directory
+    resume: str | None = None  # "auto", "latest", or a checkpoint / run directory (see conf/train.yaml)
 
 
 @dataclass
@@ -200,13 +202,17 @@ class EvaluateConfig(EvalSettings):
     checkpoint: str | None = None  # a specific checkpoint dir of run_dir (default: the newest)
     videos: str | None = None  # score the mp4/webm files of this folder instead of generating
     reference: str | None = None  # folder of reference videos (FVD) for videos=...
-    baseline: str | None = None  # an earlier eval dir: adds absolute and % change per metric
+    baseline: str | None = None  # an earlier eval dir: paired deltas with CIs; refused when not comparable
+    allow_skipped: bool = False  # exit 0 even when a requested metric was skipped or failed
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    from .models.registry import register_model_schemas
+
+    register_model_schemas(cs)
     try:
         from .data.schemas import register_dataset_schemas
     except ImportError:  # the data package registers its own schemas once it exists
@@ -247,13 +253,112 @@ def _positive(key: str, value, example) -> None:
         raise ConfigError(f"{key}={value} must be a finite number > 0, e.g. {key}={example}")
 
 
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seeding range: the data order and the shapes data derive from the seed
+# Sanity bounds per family, far above what any of its checkpoints trains at: a typo such as
+# model.num_frames=100000 fails here instead of allocating for minutes. (frames, pixels per side)
+GEOMETRY_LIMITS = {"modelscope": (1024, 4096), "cogvideox": (1024, 4096), "animatediff": (1024, 4096)}
+DEFAULT_GEOMETRY_LIMITS = (1024, 4096)
+# Schema-less sections where any key is accepted (they are handed to a metric/dataset as is).
+FREE_FORM_KEYS = ("evaluation.metric_settings",)
+
+
+def _at_least(key: str, value, low: int, example, meaning: str = "") -> None:
+    if value is None or not value >= low:  # NaN fails `>=` too
+        note = f" ({meaning})" if meaning else ""
+        raise ConfigError(f"{key}={value} must be >= {low}{note}, e.g. {key}={example}")
+
+
+def _finite_at_least(key: str, value, low: float, example, meaning: str = "") -> None:
+    if value is None or not low <= value < float("inf"):
+        note = f" ({meaning})" if meaning else ""
+        raise ConfigError(f"{key}={value} must be a finite number >= {low}{note}, e.g. {key}={example}")
+
+
+def _fraction(key: str, value, example, *, include_one: bool) -> None:
+    inside = value is not None and (0.0 <= value <= 1.0 if include_one else 0.0 <= value < 1.0)
+    if not inside:  # NaN is outside every interval
+        raise ConfigError(f"{key}={value} must be in [0, 1{']' if include_one else ')'}, e.g. {key}={example}")
+
+
+def validate_optimizer(optimizer) -> None:
+    """Settings every optimizer here takes (AdamW, AdamW8bit), checked before the model loads."""
+    _positive("optimizer.lr", optimizer.lr, 1e-4)
+    _finite_at_least("optimizer.weight_decay", optimizer.weight_decay, 0.0, 0.01)
+    _positive("optimizer.eps", optimizer.eps, 1e-8)
+    betas = list(optimizer.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optimizer.betas={betas} must be two numbers in [0, 1), e.g. optimizer.betas='[0.9,0.999]'")
+
+
+def validate_geometry(family: str, frames: int, height: int, width: int, where: str) -> None:
+    """Upper bounds of the family's clip shape (the family module checks multiples and lower bounds)."""
+    max_frames, max_side = GEOMETRY_LIMITS.get(family, DEFAULT_GEOMETRY_LIMITS)
+    if frames > max_frames:
+        raise ConfigError(f"{where}num_frames={frames} is more than {family} takes here (at most {max_frames}), "
+                          f"e.g. model.num_frames=16")
+    for side, value in (("height", height), ("width", width)):
+        if value > max_side:
+            raise ConfigError(f"{where}{side}={value} is more than {family} takes here (at most {max_side} "
+                              f"pixels), e.g. model.{side}=256")
+
+
+def validate_dataset_settings(dataset) -> None:
+    """Sampling settings of the dataset group that would otherwise train silently on wrong data."""
+    stride = dataset.get("frame_stride")
+    if stride is not None and stride < 1:  # -2 used to repeat one frame, 0 to crash in the decoder
+        raise ConfigError(f"dataset.frame_stride={stride} must be >= 1 (every k-th source frame) or null "
+                          f"(sample at dataset.fps), e.g. dataset.frame_stride=2")
+    if "max_bad_fraction" in dataset:
+        _fraction("dataset.max_bad_fraction", dataset.max_bad_fraction, 0.2, include_one=True)
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys added with ``+`` that no schema declares: (dotted key, the section's valid keys).
+
+    Hydra's ``+key=value`` adds keys even to typed sections, where they would be ignored
+    silently (``+foo=1``) or crash a constructor after the model loaded (``+optimizer.foo=1``).
+    Sections typed as plain dicts (``evaluation.metric_settings``) stay free-form.
+    """
+    import dataclasses
+
+    kind = OmegaConf.get_type(node)
+    declared = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+    found = []
+    for key, child in node.items_ex(resolve=False):
+        path = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            found.append((path, declared))
+        elif isinstance(child, DictConfig):
+            found += unknown_keys(child, f"{path}.")
+    return found
+
+
+def validate_known_keys(cfg: DictConfig) -> None:
+    import difflib
+
+    found = unknown_keys(cfg)
+    if not found:
+        return
+    key, valid = found[0]
+    section, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f"did you mean {section + '.' if section else ''}{close[0]}? " if close else ""
+    value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    raise ConfigError(
+        f"Unknown key {key}={value} (added with '+'; no schema declares it): {hint}"
+        f"valid keys of {section or 'the top level'}: {', '.join(valid)}. Free-form settings go under "
+        f"{', '.join(FREE_FORM_KEYS)}, e.g. +evaluation.metric_settings.clip_score.model=/models/ViT-B-32.pt"
+    )
+
+
 def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     """Range and combination checks that types cannot express; cheap, runs before any load."""
     import torch
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
-    _positive("optimizer.lr", cfg.optimizer.lr, 1e-4)
+    validate_known_keys(cfg)
+    validate_optimizer(cfg.optimizer)
     _positive("train.max_steps", cfg.train.max_steps, 100)
     _positive("gpu.batch_size", cfg.gpu.batch_size, 1)
     _positive("gpu.gradient_accumulation_steps", cfg.gpu.gradient_accumulation_steps, 1)
@@ -267,12 +372,28 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         _positive("model.lora.alpha", cfg.model.lora.alpha, 16)
         if not cfg.model.lora.target_modules:
             raise ConfigError("model.lora.target_modules is empty; e.g. [to_q,to_k,to_v,to_out.0]")
+        _fraction("model.lora.dropout", cfg.model.lora.dropout, 0.05, include_one=False)
     if not 0.0 <= cfg.model.caption_dropout < 1.0:  # also rejects NaN
         raise ConfigError(f"model.caption_dropout={cfg.model.caption_dropout} must be in [0, 1), e.g. 0.1")
     if cfg.train.warmup_steps < 0:
         raise ConfigError(f"train.warmup_steps={cfg.train.warmup_steps} must be >= 0")
     if cfg.train.keep_last < 1:
         raise ConfigError(f"train.keep_last={cfg.train.keep_last} must be >= 1 (checkpoints to keep)")
+    _at_least("train.log_every", cfg.train.log_every, 1, 10, "log every N steps")
+    _at_least("train.checkpoint_every", cfg.train.checkpoint_every, 0, 500, "0: only at the end")
+    _at_least("train.validate_every", cfg.train.validate_every, 0, 500, "0: only at the end")
+    _at_least("train.stop_after_steps", cfg.train.stop_after_steps, 0, 1000, "0: run to train.max_steps")
+    _at_least("train.max_nonfinite_in_a_row", cfg.train.max_nonfinite_in_a_row, 1, 5)
+    _finite_at_least("train.max_grad_norm", cfg.train.max_grad_norm, 0.0, 1.0, "0 disables clipping")
+    _at_least("validation.num_videos", cfg.validation.num_videos, 0, 2, "0: no validation videos")
+    if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed={cfg.seed} must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (numpy's seed range), "
+                          f"e.g. seed=42")
+    validate_geometry(cfg.model.family, cfg.model.num_frames, cfg.model.height, cfg.model.width, "model.")
+    for i, shape in enumerate(cfg.dataset.get("buckets") or []):
+        if len(shape) == 3:  # the bucket parser names malformed entries itself
+            validate_geometry(cfg.model.family, *shape, f"dataset.buckets[{i}]={list(shape)}: ")
+    validate_dataset_settings(cfg.dataset)
     if int(cfg.dataset.get("cache_variants", 1)) < 1:
         raise ConfigError(f"dataset.cache_variants={cfg.dataset.cache_variants} must be >= 1 (cached samples per clip)")
     if cfg.gpu.num_workers < 0:

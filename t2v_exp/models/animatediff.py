@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common
+from . import common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .objectives import DDPMObjective
 
 log = logging.getLogger(__name__)
 SD_SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -18,18 +21,98 @@ SD_SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/
 MOTION_BETAS = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
 
 
+def motion_schedulers(sd_scheduler_config):
+    """(training, sampling) schedulers with the motion modules' linear betas (MODEL_FACTS.md)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    train = DDPMScheduler.from_config(sd_scheduler_config, prediction_type="epsilon", **MOTION_BETAS)
+    sample = DDIMScheduler.from_config(sd_scheduler_config, clip_sample=False, timestep_spacing="linspace",
+                                       steps_offset=1, **MOTION_BETAS)
+    return train, sample
+
+
+def load_pipeline(pretrained: str, lora_dir: str | None = None, *, motion_adapter: str, torch_dtype=torch.float32):
+    """The stock AnimateDiffPipeline (SD1.5 + motion adapter, sampled with the motion modules'
+    linear betas), with our exported motion LoRA when given."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    base = common.resolve_pretrained(pretrained, what="AnimateDiff base (SD1.5)", allow_patterns=SD_SUBFOLDERS)
+    adapter_dir = common.resolve_pretrained(motion_adapter, what="AnimateDiff motion adapter")
+    adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=torch_dtype)
+    pipe = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=torch_dtype)
+    pipe.scheduler = motion_schedulers(DDIMScheduler.from_pretrained(base, subfolder="scheduler").config)[1]
+    if lora_dir:
+        pipe.load_lora_weights(lora_dir)
+    return pipe
+
+
+# The published SD1.5 scheduler config; the motion modules train and sample with MOTION_BETAS instead.
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
+)
+
+
+def build_tiny_sd15(out_dir: Path) -> None:
+    """A tiny SD1.5-layout base (UNet2D, the shared fitted 2-D VAE, CLIP text) for the AnimateDiff twin."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = tiny.clip_tokenizer(out_dir)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=tiny.TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=tiny.fitted_image_vae(), text_encoder=tiny.clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_tiny_motion_adapter(out_dir: Path) -> None:
+    """A tiny MotionAdapter matching the tiny SD1.5 UNet's block widths."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(1)
+    adapter = MotionAdapter(
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+        motion_num_attention_heads=4, motion_max_seq_length=32, use_motion_mid_block=True,
+    )
+    adapter.save_pretrained(out_dir, safe_serialization=True)
+
+
+TINY_BUILDERS = {"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_adapter}
+
+
+FAMILY = "animatediff"
+
+
+@dataclass
+class Config(ModelConfig):
+    """model.* for animatediff: the shared model schema plus the motion adapter."""
+
+    family: str = FAMILY
+    # The motion module checkpoint (hub id, local dir or tiny:motion_adapter) joined to the SD1.5 UNet.
+    motion_adapter: str | None = None
+
+
 class AnimateDiffModel:
-    family = "animatediff"
+    family = FAMILY
+    trainable_scope = "motion_modules"  # the SD1.5 UNet stays frozen, LoRA or full
     denoiser_subfolder = "unet"
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> tuple[str, str]:
         base = common.checkpoint_dir(cfg.pretrained, cache_dir, what="AnimateDiff base (SD1.5)",
-                                     allow_patterns=SD_SUBFOLDERS)
+                                     allow_patterns=SD_SUBFOLDERS, tiny_builders=TINY_BUILDERS)
         if not cfg.motion_adapter:
             raise ConfigError("model.motion_adapter is required for AnimateDiff, e.g. "
                               "guoyww/animatediff-motion-adapter-v1-5-2")
-        adapter = common.checkpoint_dir(cfg.motion_adapter, cache_dir, what="AnimateDiff motion adapter")
+        adapter = common.checkpoint_dir(cfg.motion_adapter, cache_dir, what="AnimateDiff motion adapter",
+                                        tiny_builders=TINY_BUILDERS)
         return base, adapter
 
     @staticmethod
@@ -48,7 +131,6 @@ class AnimateDiffModel:
         from diffusers import (
             AutoencoderKL,
             DDIMScheduler,
-            DDPMScheduler,
             MotionAdapter,
             UNet2DConditionModel,
             UNetMotionModel,
@@ -66,10 +148,8 @@ class AnimateDiffModel:
         self.denoiser = UNetMotionModel.from_unet2d(unet2d, adapter)
         del unet2d, adapter
         sd_scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
-        self.train_scheduler = DDPMScheduler.from_config(sd_scheduler.config, prediction_type="epsilon", **MOTION_BETAS)
-        self.scheduler = DDIMScheduler.from_config(
-            sd_scheduler.config, clip_sample=False, timestep_spacing="linspace", steps_offset=1, **MOTION_BETAS
-        )
+        self.train_scheduler, self.scheduler = motion_schedulers(sd_scheduler.config)
+        self.objective = DDPMObjective(self.train_scheduler)
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -99,12 +179,13 @@ class AnimateDiffModel:
         return common.encode_frames_with_image_vae(self.vae, videos)
 
     def training_loss(self, latents, prompt_embeds, generators):
-        steps, noise, noisy = common.noised_latents(self.train_scheduler, latents, generators)
+        draw = self.objective.draw(latents, generators)
         # UNetMotionModel runs the SD UNet per frame; it expects one text context per frame
         # (diffusers' AnimateDiff pipeline repeats the prompt embeddings the same way).
         per_frame_text = prompt_embeds.repeat_interleave(latents.shape[2], dim=0)
-        prediction = self.denoiser(noisy, steps, encoder_hidden_states=per_frame_text, return_dict=False)[0]
-        return common.mse(prediction, common.prediction_target(self.train_scheduler, latents, noise, steps))
+        prediction = self.denoiser(draw.noisy, draw.timesteps, encoder_hidden_states=per_frame_text,
+                                   return_dict=False)[0]
+        return self.objective.loss(prediction, draw)
 
     def pipeline(self):
         from diffusers import AnimateDiffPipeline
@@ -117,12 +198,18 @@ class AnimateDiffModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def generation_kwargs(self) -> dict:
+        return {"num_frames": self.cfg.num_frames, "height": self.cfg.height, "width": self.cfg.width}
+
+    def stock_pipeline(self, lora_dir: str | None = None):
+        base, adapter = self.roots
+        return load_pipeline(base, lora_dir, motion_adapter=adapter)
+
     @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         out = self.pipeline()(
-            prompt=prompts, num_frames=self.cfg.num_frames, height=self.cfg.height, width=self.cfg.width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
-            output_type="pt",
+            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, output_type="pt", **self.generation_kwargs(),
         )
         return common.to_unit_range(out.frames)
 

@@ -4,26 +4,98 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common
+from . import common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .objectives import DDPMObjective
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 
 
+def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
+    """The stock CogVideoXPipeline from a hub id or local dir, with our exported LoRA when given."""
+    from diffusers import CogVideoXPipeline
+
+    root = common.resolve_pretrained(pretrained, what="CogVideoX", allow_patterns=SUBFOLDERS)
+    pipe = CogVideoXPipeline.from_pretrained(root, torch_dtype=torch_dtype)
+    if lora_dir:
+        pipe.load_lora_weights(lora_dir)
+    return pipe
+
+
+# The published CogVideoX-2B scheduler config (checked against the hub's scheduler_config.json).
+COGVIDEOX_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+
+
+def build_tiny(out_dir: Path) -> None:
+    """The tiny CogVideoX twin: same classes and scheduler, a T5 tokenizer trained locally, narrow widths."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny.t5_tokenizer(out_dir)
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=tiny.TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
+        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
+    )
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
+        text_embed_dim=tiny.TEXT_DIM, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=tiny.T5_MAX_TOKENS,
+    )
+    pipeline = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+TINY_BUILDERS = {"cogvideox": build_tiny}
+
+
+FAMILY = "cogvideox"
+
+
+@dataclass
+class Config(ModelConfig):
+    """model.* for cogvideox: the shared model schema."""
+
+    family: str = FAMILY
+
+
 class CogVideoXModel:
-    family = "cogvideox"
+    family = FAMILY
+    trainable_scope = None  # every trainable parameter belongs to the transformer
     denoiser_subfolder = "transformer"
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS)
+        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS,
+                                     tiny_builders=TINY_BUILDERS)
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -53,6 +125,7 @@ class CogVideoXModel:
         # The published scheduler (v-prediction, zero-terminal-SNR, SNR shift) is also the
         # training noise schedule, as in the reference fine-tuning code.
         self.scheduler = CogVideoXDDIMScheduler.from_pretrained(root, subfolder="scheduler")
+        self.objective = DDPMObjective(self.scheduler)  # v-prediction, per the published scheduler
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -107,13 +180,13 @@ class CogVideoXModel:
         )
 
     def training_loss(self, latents, prompt_embeds, generators):
-        steps, noise, noisy = common.noised_latents(self.scheduler, latents, generators)
+        draw = self.objective.draw(latents, generators)
         prediction = self.denoiser(
-            hidden_states=noisy, encoder_hidden_states=prompt_embeds, timestep=steps,
+            hidden_states=draw.noisy, encoder_hidden_states=prompt_embeds, timestep=draw.timesteps,
             image_rotary_emb=self.rotary_embeddings(latents), return_dict=False,
         )[0]
         # MSE on v equals the reference's x0-MSE weighted by 1 / (1 - alpha_bar_t).
-        return common.mse(prediction, common.prediction_target(self.scheduler, latents, noise, steps))
+        return self.objective.loss(prediction, draw)
 
     def pipeline(self):
         from diffusers import CogVideoXPipeline
@@ -125,12 +198,19 @@ class CogVideoXModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def generation_kwargs(self) -> dict:
+        # The pipeline's default text length is 226; the twin's tokenizer and transformer take fewer.
+        return {"num_frames": self.cfg.num_frames, "height": self.cfg.height, "width": self.cfg.width,
+                "max_sequence_length": self.max_text_tokens}
+
+    def stock_pipeline(self, lora_dir: str | None = None):
+        return load_pipeline(self.root, lora_dir)
+
     @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         out = self.pipeline()(
-            prompt=prompts, num_frames=self.cfg.num_frames, height=self.cfg.height, width=self.cfg.width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
-            max_sequence_length=self.max_text_tokens, output_type="pt",
+            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, output_type="pt", **self.generation_kwargs(),
         )
         return common.to_unit_range(out.frames)
 

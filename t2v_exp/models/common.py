@@ -83,31 +83,6 @@ def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
 
-def sample_timesteps(num_train_timesteps: int, generators: list[torch.Generator]) -> torch.Tensor:
-    """One timestep per sample, each from that sample's own CPU generator."""
-    return torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g, dtype=torch.long) for g in generators])
-
-
-def sample_noise(like: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """Per-sample Gaussian noise shaped like ``like``; sample i's noise comes from ``generators[i]``.
-
-    Per-sample generators keyed by (seed, step, sample) make the noise independent of how the
-    global batch is split across processes or accumulation steps, and of RNG state: a resumed,
-    a DDP and a single-process run all draw the same noise for the same sample.
-    """
-    if len(generators) != like.shape[0]:
-        raise ValueError(f"need one generator per sample: {len(generators)} for batch {like.shape[0]}")
-    noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators])
-    return noise.to(device=like.device, dtype=like.dtype)
-
-
-def noised_latents(scheduler, latents: torch.Tensor, generators: list[torch.Generator]):
-    """(timesteps, noise, noisy latents) for one batch under ``scheduler``'s training schedule."""
-    steps = sample_timesteps(scheduler.config.num_train_timesteps, generators).to(latents.device)
-    noise = sample_noise(latents, generators)
-    return steps, noise, scheduler.add_noise(latents, noise, steps)
-
-
 def to_unit_range(frames: torch.Tensor) -> torch.Tensor:
     """Pipeline output [B, F, C, H, W] in [0, 1] as float32 on the CPU."""
     return frames.detach().float().clamp(0, 1).cpu()
@@ -151,19 +126,6 @@ def encode_frames_with_image_vae(vae, videos: torch.Tensor) -> torch.Tensor:
     latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
     c, h, w = latents.shape[1:]
     return latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
-
-
-def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"Unsupported scheduler prediction_type '{kind}' (expected epsilon or v_prediction)")
-
-
-def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="mean")
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -214,12 +176,19 @@ def spatial_multiple(pretrained_dir: str, denoiser_subfolder: str, vae_subfolder
 TINY_PREFIX = "tiny:"
 
 
-def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_patterns: list[str] | None = None) -> str:
-    """``tiny:<name>`` builds/loads a local random twin; anything else is a hub id or directory."""
+def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_patterns: list[str] | None = None,
+                   tiny_builders: dict | None = None, tiny_version: str = "") -> str:
+    """``tiny:<name>`` builds/loads a local random twin; anything else is a hub id or directory.
+
+    A family passes its own twin builders (``{"wan": build_tiny}``), so the tiny-twin cache never
+    needs to know the families; names it does not pass fall back to the shared builders.
+    """
     if spec and spec.startswith(TINY_PREFIX):
         from .tiny import tiny_checkpoint
 
-        return tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
+        name = spec[len(TINY_PREFIX):]
+        builder = (tiny_builders or {}).get(name)
+        return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version if builder else "")
     return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)
 
 

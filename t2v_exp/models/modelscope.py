@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import require_multiple
-from . import common
+from . import common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .objectives import DDPMObjective
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -62,13 +65,53 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     return pipe
 
 
+# The published scheduler config (checked against the hub's scheduler_config.json).
+MODELSCOPE_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
+)
+
+
+def build_tiny(out_dir: Path) -> None:
+    """The tiny ModelScope twin: same classes and scheduler, narrow widths, the shared fitted 2-D VAE."""
+    from diffusers import DDIMScheduler, UNet3DConditionModel
+
+    tokenizer = tiny.clip_tokenizer(out_dir)
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=tiny.TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
+    )
+    pipeline = text_to_video_pipeline_class()(
+        vae=tiny.fitted_image_vae(), text_encoder=tiny.clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**MODELSCOPE_SCHEDULER),
+    )
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+
+
+TINY_BUILDERS = {"modelscope": build_tiny}
+
+
+FAMILY = "modelscope"
+
+
+@dataclass
+class Config(ModelConfig):
+    """model.* for modelscope: the shared model schema."""
+
+    family: str = FAMILY
+
+
 class ModelScopeModel:
-    family = "modelscope"
+    family = FAMILY
+    trainable_scope = None  # every trainable parameter belongs to the UNet3D
     denoiser_subfolder = "unet"
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS)
+        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS,
+                                     tiny_builders=TINY_BUILDERS)
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -91,6 +134,7 @@ class ModelScopeModel:
         self.scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler")
         # Same betas and prediction type as the published scheduler; DDPM adds noise identically.
         self.train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
+        self.objective = DDPMObjective(self.train_scheduler)  # epsilon, per the published scheduler
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -122,9 +166,9 @@ class ModelScopeModel:
         return common.encode_frames_with_image_vae(self.vae, videos)
 
     def training_loss(self, latents, prompt_embeds, generators):
-        steps, noise, noisy = common.noised_latents(self.train_scheduler, latents, generators)
-        prediction = self.denoiser(noisy, steps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
-        return common.mse(prediction, common.prediction_target(self.train_scheduler, latents, noise, steps))
+        draw = self.objective.draw(latents, generators)
+        prediction = self.denoiser(draw.noisy, draw.timesteps, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        return self.objective.loss(prediction, draw)
 
     def pipeline(self):
         pipe = text_to_video_pipeline_class()(
@@ -134,12 +178,17 @@ class ModelScopeModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def generation_kwargs(self) -> dict:
+        return {"num_frames": self.cfg.num_frames, "height": self.cfg.height, "width": self.cfg.width}
+
+    def stock_pipeline(self, lora_dir: str | None = None):
+        return load_pipeline(self.root, lora_dir)
+
     @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         out = self.pipeline()(
-            prompt=prompts, num_frames=self.cfg.num_frames, height=self.cfg.height, width=self.cfg.width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
-            output_type="pt",
+            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, output_type="pt", **self.generation_kwargs(),
         )
         return common.to_unit_range(out.frames)
 

@@ -1,14 +1,20 @@
-"""The contract between the generic training engine and one model family.
+"""The contract between the generic engine and one model family: everything the engine reads.
 
-The engine only ever talks to this protocol; everything that differs between ModelScope,
-CogVideoX and AnimateDiff (components, latent layout, scheduler, objective, pipeline, what is
-trainable) lives behind it in that family's module.
+A family is one module (see registry.py: FAMILY + Config) holding an adapter class that
+satisfies this protocol, a ``build_tiny(out_dir)`` for its tiny twin and a
+``load_pipeline(pretrained, lora_dir=None, ...)`` returning the family's stock diffusers
+pipeline. Everything that differs between families (components, latent layout, scheduler,
+objective, pipeline, what is trainable, geometry rules) lives behind this protocol.
+
+Construction is two-phase so a bad config fails before any weights load:
+``roots = cls.resolve(cfg, cache_dir)`` finds (or builds, for tiny twins) the checkpoint,
+``cls.validate(cfg, roots)`` checks geometry from its JSON configs, then ``cls(cfg, roots)``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,11 +22,29 @@ from torch import nn
 
 @runtime_checkable
 class VideoModel(Protocol):
-    #: "modelscope" | "cogvideox" | "animatediff"
+    #: The family's name, as in its module's FAMILY and the config's model.family.
     family: str
+    #: A substring every trainable parameter name contains (e.g. "motion_modules"), or None.
+    trainable_scope: str | None
+    #: The model config this adapter was built from (the family's Config schema).
+    cfg: Any
     #: The network that is fine-tuned. The engine replaces it with the module returned by
     #: ``accelerator.prepare`` so the family's loss runs through DDP/autocast wrappers.
     denoiser: nn.Module
+    #: Frozen components the engine places, offloads and fingerprints (latent/text caches).
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    #: The LoRA settings (config.LoraConfig) when fine-tuning with LoRA, else None.
+    lora: Any
+
+    @staticmethod
+    def resolve(cfg: Any, cache_dir: str | None) -> Any:
+        """Local checkpoint location(s) for ``cfg`` (hub id, directory or ``tiny:<name>``)."""
+
+    @staticmethod
+    def validate(cfg: Any, roots: Any) -> None:
+        """Geometry and compatibility checks from the checkpoint's JSON configs only; raises ConfigError."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates (LoRA adapters or the full denoiser/motion modules)."""
@@ -45,6 +69,13 @@ class VideoModel(Protocol):
         self, latents: torch.Tensor, prompt_embeds: torch.Tensor, generators: list[torch.Generator]
     ) -> torch.Tensor:
         """Diffusion loss on one batch; sample i's timestep and noise come from ``generators[i]``."""
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The geometry (and text-length) keyword arguments of the stock pipeline's call."""
+
+    def stock_pipeline(self, lora_dir: str | None = None):
+        """The family's stock diffusers pipeline from the same base weights (``load_pipeline``),
+        with an exported LoRA loaded when ``lora_dir`` is given."""
 
     def generate(
         self,

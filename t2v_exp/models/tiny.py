@@ -30,22 +30,6 @@ CLIP_MERGES = 2000  # first N merges of CLIP's BPE: a valid, much smaller vocabu
 TEXT_DIM = 32
 T5_MAX_TOKENS = 16
 
-# The published scheduler configs (checked against the hub's scheduler_config.json files).
-MODELSCOPE_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
-)
-COGVIDEOX_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
-)
-SD15_SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-    num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False, steps_offset=1,
-)
-
-
 def clip_bpe_merges(count: int) -> list[str]:
     """The first ``count`` merge rules of the BPE vocabulary that ships with clip-anytorch."""
     import clip
@@ -137,94 +121,10 @@ def fitted_image_vae():
     return AutoencoderKL.from_pretrained(tiny_checkpoint("image_vae"))
 
 
-def build_modelscope(out_dir: Path) -> None:
-    from diffusers import DDIMScheduler, UNet3DConditionModel
-
-    from .modelscope import text_to_video_pipeline_class
-
-    tokenizer = clip_tokenizer(out_dir)
-    torch.manual_seed(0)
-    unet = UNet3DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
-    )
-    pipeline = text_to_video_pipeline_class()(
-        vae=fitted_image_vae(), text_encoder=clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**MODELSCOPE_SCHEDULER),
-    )
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
-
-
-def build_cogvideox(out_dir: Path) -> None:
-    from diffusers import (
-        AutoencoderKLCogVideoX,
-        CogVideoXDDIMScheduler,
-        CogVideoXPipeline,
-        CogVideoXTransformer3DModel,
-    )
-    from transformers import T5Config, T5EncoderModel
-
-    tokenizer = t5_tokenizer(out_dir)
-    torch.manual_seed(0)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
-    )
-    vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
-        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
-    )
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
-        text_embed_dim=TEXT_DIM, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=T5_MAX_TOKENS,
-    )
-    pipeline = CogVideoXPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
-    )
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
-
-
-def build_sd15(out_dir: Path) -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    tokenizer = clip_tokenizer(out_dir)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=8,
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=fitted_image_vae(), text_encoder=clip_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir, safe_serialization=True)
-
-
-def build_motion_adapter(out_dir: Path) -> None:
-    from diffusers import MotionAdapter
-
-    torch.manual_seed(1)
-    adapter = MotionAdapter(
-        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-        motion_num_attention_heads=4, motion_max_seq_length=32, use_motion_mid_block=True,
-    )
-    adapter.save_pretrained(out_dir, safe_serialization=True)
-
-
+#: Tiny parts shared by several families; each family's own twins are built by its module's
+#: build_tiny (passed to tiny_checkpoint by the family), so this module never imports a family.
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "image_vae": build_image_vae,
-    "modelscope": build_modelscope,
-    "cogvideox": build_cogvideox,
-    "sd15": build_sd15,
-    "motion_adapter": build_motion_adapter,
 }
 
 
@@ -232,19 +132,23 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("T2V_EXP_CACHE", Path.home() / ".cache" / "t2v_exp"))
 
 
-def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """Directory of the tiny twin ``name`` (one of :data:`BUILDERS`), built on first use.
+def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None,
+                    builder: Callable[[Path], None] | None = None, version: str = "") -> str:
+    """Directory of the tiny twin ``name``, built on first use by ``builder`` (a family module's
+    ``build_tiny``; default: the shared builders in :data:`BUILDERS`). ``version`` is the family's
+    own builder version: bumping it rebuilds that family's twins only.
 
     Built into a temporary directory and renamed into place, so a crash mid-build never leaves
     a half-written twin that a later run would load.
     """
-    if name not in BUILDERS:
-        raise ValueError(f"Unknown tiny checkpoint '{name}'; valid: {sorted(BUILDERS)}")
+    builder = builder or BUILDERS.get(name)
+    if builder is None:
+        raise ValueError(f"Unknown tiny checkpoint '{name}'; valid: {sorted(BUILDERS)} or a family's tiny twin")
     import diffusers
     import transformers
 
     fingerprint = hashlib.sha1(
-        f"{TINY_VERSION}|{diffusers.__version__}|{transformers.__version__}".encode()
+        f"{TINY_VERSION}|{version}|{diffusers.__version__}|{transformers.__version__}".encode()
     ).hexdigest()[:10]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "tiny" / f"{name}-{fingerprint}"
@@ -254,7 +158,7 @@ def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None) -> st
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         log.info("Building tiny checkpoint %s in %s", name, target)
-        BUILDERS[name](staging)
+        builder(staging)
         (staging / ".complete").write_text(fingerprint)
         try:
             staging.rename(target)
