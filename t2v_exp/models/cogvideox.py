@@ -39,8 +39,16 @@ COGVIDEOX_SCHEDULER = dict(
 )
 
 
-def build_tiny(out_dir: Path) -> None:
-    """The tiny CogVideoX twin: same classes and scheduler, a T5 tokenizer trained locally, narrow widths."""
+# CogVideoX 1.5 (and the 5B): SNR shift 1 instead of the 2B's 3, same v-prediction schedule otherwise.
+COGVIDEOX15_SCHEDULER = {**COGVIDEOX_SCHEDULER, "snr_shift_scale": 1.0}
+
+
+def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
+    """The tiny CogVideoX twin: same classes and scheduler, a T5 tokenizer trained locally, narrow widths.
+
+    ``version_15``: the CogVideoX 1.5 layout instead of the 2B's: patch_size_t=2 (two latent
+    frames per token), rotary position embeddings, no patch bias, as the 1.5-5B config has.
+    """
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -62,19 +70,24 @@ def build_tiny(out_dir: Path) -> None:
         down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
         layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
     )
+    layout = dict(patch_size_t=2, use_rotary_positional_embeddings=True, patch_bias=False) if version_15 else {}
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
         text_embed_dim=tiny.TEXT_DIM, num_layers=2, sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=tiny.T5_MAX_TOKENS,
+        temporal_compression_ratio=4, max_text_seq_length=tiny.T5_MAX_TOKENS, **layout,
     )
     pipeline = CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER),
+        scheduler=CogVideoXDDIMScheduler(**(COGVIDEOX15_SCHEDULER if version_15 else COGVIDEOX_SCHEDULER)),
     )
     pipeline.save_pretrained(out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"cogvideox": build_tiny}
+def build_tiny_15(out_dir: Path) -> None:
+    build_tiny(out_dir, version_15=True)
+
+
+TINY_BUILDERS = {"cogvideox": build_tiny, "cogvideox15": build_tiny_15}
 
 
 FAMILY = "cogvideox"
@@ -135,6 +148,7 @@ class CogVideoXModel:
         self.denoiser.train()
         self.max_text_tokens = int(self.denoiser.config.max_text_seq_length)
         self.uses_rotary = bool(self.denoiser.config.use_rotary_positional_embeddings)
+        self.patch_size_t = self.denoiser.config.patch_size_t  # None on 1.0 models, 2 on CogVideoX 1.5
         self.vae_scale_spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def trainable_parameters(self):
@@ -179,7 +193,19 @@ class CogVideoXModel:
             shim, h * self.vae_scale_spatial, w * self.vae_scale_spatial, frames, latents.device
         )
 
+    def pad_latent_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """CogVideoX 1.5 patches time in pairs: an odd latent frame count (49, 81 and 161 frames give
+        13, 21, 41) is padded at the front with copies of the first latent frame, as the reference
+        fine-tuning code does; the pipeline pads at the front too and drops those frames after sampling."""
+        if not self.patch_size_t:
+            return latents
+        missing = -latents.shape[1] % self.patch_size_t
+        if not missing:
+            return latents
+        return torch.cat([latents[:, :1].expand(-1, missing, -1, -1, -1), latents], dim=1)
+
     def training_loss(self, latents, prompt_embeds, generators):
+        latents = self.pad_latent_frames(latents)
         draw = self.objective.draw(latents, generators)
         prediction = self.denoiser(
             hidden_states=draw.noisy, encoder_hidden_states=prompt_embeds, timestep=draw.timesteps,
