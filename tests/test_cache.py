@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from t2v_exp.engine.trainer import run_training
@@ -30,7 +33,8 @@ def test_cached_training_matches_uncached_and_reuses_the_cache(run):
     assert second["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-5)
     assert first["cache"]["encoded_videos"] == 6 and first["cache"]["encoded_prompts"] >= 2
     assert second["cache"] == {"encoded_videos": 0, "reused_videos": 6, "encoded_prompts": 0,
-                               "reused_prompts": first["cache"]["encoded_prompts"]}
+                               "reused_prompts": first["cache"]["encoded_prompts"], "rebuilt_videos": 0,
+                               "rebuilt_prompts": 0}
 
 
 def test_changing_resolution_or_model_rebuilds(run):
@@ -100,3 +104,57 @@ def test_cache_variants_must_be_positive(compose_train, tmp_path):
 
     with pytest.raises(ConfigError, match="dataset.cache_variants=0 must be >= 1"):
         run_training(compose_train([*FAST, "dataset.cache_variants=0"], tmp_path), tmp_path)
+
+
+def latent_shards(cache_dir) -> list:
+    (directory,) = (cache_dir / "latent_cache" / "latents").iterdir()
+    return sorted(directory.glob("*.safetensors"))
+
+
+def test_bad_shards_are_rebuilt_and_training_is_unchanged(run):
+    """A truncated shard, a valid shard of the wrong shape and a shard altered in place (same size)
+    were reused: the first crashed mid-training, the others trained silently on wrong latents."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    plain = run("plain")
+    run("first", "dataset.cache=latents")
+    shards = latent_shards(run.cache_dir)
+    assert len(shards) == 6 and (shards[0].parent / "index.jsonl").is_file()
+    truncated, reshaped, altered = shards[:3]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    save_file({"latents": torch.zeros(4, 4, 8, 8)}, reshaped)  # a readable shard, half the frames...
+    record = {"file": reshaped.name, "size": reshaped.stat().st_size, "shape": [4, 4, 8, 8], "dtype": "torch.float32",
+              "sha256": hashlib.sha256(reshaped.read_bytes()).hexdigest()}
+    with (reshaped.parent / "index.jsonl").open("a") as index:  # ...recorded too, as a copied cache would be
+        index.write(json.dumps(record) + "\n")
+    data = bytearray(altered.read_bytes())
+    data[-8] ^= 0xFF  # a bit flip inside the tensor bytes
+    altered.write_bytes(bytes(data))
+    second = run("second", "dataset.cache=latents")
+    assert (second["cache"]["encoded_videos"], second["cache"]["reused_videos"]) == (3, 3)
+    assert second["cache"]["rebuilt_videos"] == 3
+    assert second["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-5)
+    good = load_file(shards[3])["latents"]
+    for shard in (truncated, reshaped, altered):
+        assert load_file(shard)["latents"].shape == good.shape  # every shard readable and of the model's shape
+    third = run("third", "dataset.cache=latents")["cache"]  # the rebuilt shards are trusted again
+    assert (third["encoded_videos"], third["reused_videos"]) == (0, 6)
+
+
+def test_vae_weights_changed_in_place_are_not_reused(run):
+    """Same checkpoint path, same config, other VAE weights: the latents are encoded again, while
+    the prompt embeddings (the text encoder did not change) are still reused."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    first = run("first", "dataset.cache=latents")["cache"]
+    (weights,) = (run.cache_dir / "tiny").glob("modelscope-*/vae/*.safetensors")
+    tensors = load_file(weights)
+    name = next(k for k, v in tensors.items() if v.dtype == torch.float32 and v.numel() > 16)
+    tensors[name] = tensors[name] * 1.5
+    save_file(tensors, weights)
+    second = run("second", "dataset.cache=latents")["cache"]
+    assert second["encoded_videos"] == 6 and second["reused_videos"] == 0
+    assert second["encoded_prompts"] == 0 and second["reused_prompts"] == first["encoded_prompts"]
+    assert len(list((run.cache_dir / "latent_cache" / "latents").iterdir())) == 2

@@ -62,9 +62,14 @@ def test_random_bytes_in_metadata_tables(content):
     run_reader("metadata.jsonl", content, table_reader)
 
 
+# Numbers past Python's 4300-digit int() limit: json.loads raises a bare ValueError for them.
+huge_numbers = st.sampled_from(["9" * 5000, "-" + "1" * 4301, "1" * 4301 + "e5"])
+hostile_lines = huge_numbers.map(lambda n: '{"file_name": "a.mp4", "text": "x", "n": ' + n + "}") | huge_numbers
+
+
 @FAST
 @given(st.lists(st.one_of(records(["file_name", "text"]).map(json.dumps), json_values.map(json.dumps),
-                          st.text(max_size=30)), max_size=6))
+                          st.text(max_size=30), hostile_lines), max_size=6))
 def test_random_jsonl_lines(lines):
     run_reader("metadata.jsonl", "\n".join(lines).encode(), table_reader)
 
@@ -101,6 +106,20 @@ def test_random_ssv2_annotations(annotations, labels):
 def test_random_msrvtt_annotations(data):
     run_reader("MSR_VTT.json", json.dumps(data).encode(),
                lambda path, root: read_msrvtt(path, split="train", videos_dir=root))
+
+
+@FAST
+@given(st.lists(hostile_lines, min_size=1, max_size=3))
+def test_huge_numbers_in_json_files_name_file_and_line(lines):
+    text = "[\n" + ",\n".join(lines) + "\n]"
+    run_reader("train.json", text.encode(), lambda path, root: read_ssv2(path, None, videos_dir=root))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.json"
+        path.write_text(text)
+        try:
+            read_ssv2(path, None, videos_dir=Path(folder))
+        except MetadataError as error:
+            assert error.line == 2 and str(error).startswith(f"{path}:2:")
 
 
 @FAST

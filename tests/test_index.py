@@ -126,3 +126,34 @@ def test_file_turning_bad_during_training_is_replaced_deterministically(tmp_path
     assert fresh[2]["key"] == item["key"]  # replacement depends only on (seed, epoch, index)
     report = read_report(run)
     assert report[-1]["phase"] == "training" and report[-1]["path"] == victim.path
+
+
+HUGE = "9" * 5000  # past Python's 4300-digit int() limit: json.loads raises a bare ValueError
+
+
+def test_malformed_index_lines_cost_a_reprobe_not_a_crash(tmp_path):
+    """Lines that parse as JSON but hold the wrong types (or a number Python refuses to convert)
+    must be probed again, never reused as they are nor allowed to crash a later run."""
+    data = tmp_path / "data"
+    paths = [str(p) for p in write_sidecar_folder(data, count=5)]
+    index_dir = tmp_path / "index"
+    index_file = index_file_for(index_dir, "video_folder", data)
+    VideoIndex(index_file).scan(paths)
+    records = {r["path"]: r for r in map(json.loads, index_file.read_text().splitlines())}
+    damaged = [
+        json.dumps(records[paths[0]]).replace(f'"size": {records[paths[0]]["size"]}', f'"size": {HUGE}'),
+        json.dumps({**records[paths[1]], "fps": "abc"}),
+        json.dumps({**records[paths[2]], "frames": True}),
+        json.dumps({**records[paths[3]], "duration": -1.0, "width": 3.5}),
+        json.dumps(records[paths[4]]),
+    ]
+    index_file.write_text("\n".join(damaged) + "\n")
+    probe = CountingProbe()
+    entries = VideoIndex(index_file, probe=probe).scan(paths)
+    assert sorted(probe.calls) == sorted(paths[:4])
+    assert all(e.decodable and e.fps == 8 and e.frames == 12 for e in entries.values())
+    # The dataset reads the same index: no crash, every clip usable, the index healed for the next run.
+    index_file.write_text("\n".join(damaged) + "\n")
+    ds = VideoFolderDataset(root=str(data), index_dir=str(index_dir), **GEOMETRY)
+    assert len(ds) == 5 and ds.index_stats["probed"] == 4
+    assert VideoFolderDataset(root=str(data), index_dir=str(index_dir), **GEOMETRY).index_stats["probed"] == 0

@@ -3,7 +3,11 @@ default dataset config builds a ShapesDataset that honours the engine's contract
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,6 +17,8 @@ import torch
 from t2v_exp.data.datasets import ShapesDataset
 from t2v_exp.data.shapes import BACKGROUND, SPEEDS, dataset_dir, generate_shapes, read_metadata
 from t2v_exp.data.video_io import read_clip
+
+from .conftest import REPO
 
 SMALL = dict(num_videos=4, num_frames=6, height=32, width=32, fps=8, domain="horizontal", seed=0)
 
@@ -126,3 +132,29 @@ def test_default_config_builds_shapes_for_the_engine(tmp_path, compose_train):
 def test_schema_rejects_unknown_keys_and_wrong_types(compose_train, override, key):
     with pytest.raises(Exception, match=key):
         compose_train([override])
+
+
+REGENERATE = """
+import hashlib, json, os, sys
+from t2v_exp.data.shapes import generate_shapes
+
+os.sched_setaffinity(0, {int(c) for c in sys.argv[2].split(",")})
+directory = generate_shapes(sys.argv[1], num_videos=3, num_frames=16, height=256, width=256, fps=8,
+                            domain="horizontal", seed=0)
+print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*.*"))}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_regenerated_clips_are_byte_identical_across_cache_dirs_and_cpu_counts(tmp_path):
+    """x264's threaded modes slice frames by CPU count: the same clips generated on a 1-core and a
+    many-core machine (here: CPU affinity) differed byte for byte, and so did weights trained on them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    digests = []
+    for name, allowed in (("one_cpu", cpus[:1]), ("all_cpus", cpus)):
+        result = subprocess.run([sys.executable, "-c", REGENERATE, str(tmp_path / name), ",".join(map(str, allowed))],
+                                capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        digests.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert len(digests[0]) == 4 and set(digests[0]) == {"00000.mp4", "00001.mp4", "00002.mp4", "metadata.jsonl"}
+    assert digests[0] == digests[1]

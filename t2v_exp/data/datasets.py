@@ -16,10 +16,17 @@ from torch.utils.data import Dataset
 
 from .bad_data import BadSampleReport
 from .buckets import Bucket, nearest_bucket, parse_buckets
-from .index import IndexEntry, VideoIndex, index_file_for
+from .index import IndexEntry, VideoIndex, image_error, index_file_for
 from .shapes import generate_shapes, read_metadata
 from .sources import Problem, Sample
-from .video_io import VideoDecodeError, read_clip, resize_and_crop
+from .video_io import (
+    DEFAULT_LIMITS,
+    MediaLimits,
+    VideoDecodeError,
+    check_media_limits,
+    read_clip,
+    resize_and_crop,
+)
 from .video_io import clip_fits as span_fits
 
 log = logging.getLogger(__name__)
@@ -32,15 +39,24 @@ __all__ = ["ClipDataset", "IndexedClipDataset", "Sample", "ShapesDataset", "read
 
 
 def read_image_clip(path: str, num_frames: int, height: int, width: int, *, center: bool = True,
-                    rng: random.Random | None = None, hflip: bool = False) -> torch.Tensor:
-    """A still image as a clip: the one frame repeated ``num_frames`` times -> [F, C, H, W] in [-1, 1]."""
+                    rng: random.Random | None = None, hflip: bool = False,
+                    limits: MediaLimits | None = DEFAULT_LIMITS) -> torch.Tensor:
+    """A still image as a clip: the one frame repeated ``num_frames`` times -> [F, C, H, W] in [-1, 1].
+
+    Any failure to read the image (see :func:`image_error`), and a header over ``limits``
+    (checked before the pixels are decoded), raise :class:`VideoDecodeError`: a bad sample.
+    """
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise VideoDecodeError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+        with Image.open(path) as image:  # the header only, so far
+            over = limits.violation(width=image.width, height=image.height) if limits is not None else None
+            if over is None:
+                array = np.asarray(image.convert("RGB"))
+    except Exception as exc:  # Pillow raises a zoo of types for hostile files: see image_error
+        raise VideoDecodeError(path, image_error(exc)) from exc
+    if over is not None:
+        raise VideoDecodeError(path, over)
     frame = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float()
     frame = resize_and_crop(frame, height, width, center=center, rng=rng)
     if hflip:
@@ -54,8 +70,11 @@ class ClipDataset(Dataset):
     def __init__(self, samples: list[Sample], *, num_frames: int, height: int, width: int, seed: int,
                  split: str = "train", frame_stride: int = 1, target_fps: float | None = None,
                  hflip: bool = False, short_clip: str = "loop", report_dir: str | None = None,
-                 name: str = "dataset", bad_report: BadSampleReport | None = None):
+                 name: str = "dataset", bad_report: BadSampleReport | None = None,
+                 limits: MediaLimits | None = DEFAULT_LIMITS):
         self.samples = samples
+        # Checked again at read time: a file swapped for a bomb after indexing is still refused.
+        self.limits = limits
         self.name = name
         self.bad_report = bad_report or BadSampleReport(report_dir, dataset=name, split=split)
         self._failed: set[int] = set()  # this process's indices that failed to decode
@@ -117,12 +136,13 @@ class ClipDataset(Dataset):
         flip = training and self.hflip and rng.random() < 0.5
         num_frames, height, width = self.geometry(index)
         if sample.extra.get("kind") == "image":
-            video = read_image_clip(sample.path, num_frames, height, width, center=not training, rng=rng, hflip=flip)
+            video = read_image_clip(sample.path, num_frames, height, width, center=not training, rng=rng, hflip=flip,
+                                    limits=self.limits)
         else:
             video = read_clip(
                 sample.path, num_frames, height, width, frame_stride=self.frame_stride,
                 target_fps=self.target_fps, start="random" if training else "center", rng=rng,
-                hflip=flip, short_clip=self.short_clip,
+                hflip=flip, short_clip=self.short_clip, limits=self.limits,
             )
         prompt = rng.choice(sample.captions) if training else sample.captions[0]
         return {"video": video, "prompt": prompt, "key": sample.key}
@@ -170,21 +190,28 @@ class IndexedClipDataset(ClipDataset):
     than the clip are left out when ``short_clip="skip"``, looped or padded otherwise.
     ``buckets`` (training split only): each sample takes the shape of the bucket nearest its aspect
     ratio among those it is long enough for (see ``buckets.py``); other splits use the fixed shape.
+    ``max_pixels_per_frame``, ``max_frames`` and ``max_duration_s`` (:class:`MediaLimits`) refuse
+    files whose header declares more, before a frame of them is decoded: decompression bombs
+    become bad samples instead of gigabytes of memory.
     """
 
     def __init__(self, samples: list[Sample], problems: list[Problem], *, name: str, root: str, num_frames: int,
                  height: int, width: int, fps: float, seed: int, split: str = "train",
                  report_dir: str | None = None, index_dir: str | None = None, max_bad_fraction: float = 0.2,
                  frame_stride: int | None = None, hflip: bool = False, short_clip: str = "skip",
-                 allow_images: bool = False, buckets: list | None = None):
+                 allow_images: bool = False, buckets: list | None = None,
+                 max_pixels_per_frame: int = DEFAULT_LIMITS.max_pixels_per_frame,
+                 max_frames: int = DEFAULT_LIMITS.max_frames,
+                 max_duration_s: float = DEFAULT_LIMITS.max_duration_s):
         if short_clip not in ("loop", "pad", "skip"):
             raise ValueError(f"dataset.short_clip={short_clip!r}; valid: loop, pad, skip")
+        limits = MediaLimits(max_pixels_per_frame, max_frames, max_duration_s)
         report = BadSampleReport(report_dir, dataset=name, split=split)
         for problem in problems:
             report.add(problem.path, problem.reason)
         target_fps = None if frame_stride else float(fps)
         stride = frame_stride or 1
-        index = VideoIndex(index_file_for(index_dir, name, root) if index_dir else None)
+        index = VideoIndex(index_file_for(index_dir, name, root) if index_dir else None, limits=limits)
         entries = index.scan(sample.path for sample in samples)
         bucketed = parse_buckets(buckets) if buckets is not None and split in TRAIN_SPLITS else None
         # With buckets a file only has to be long enough for the shortest bucket.
@@ -192,7 +219,7 @@ class IndexedClipDataset(ClipDataset):
         good, bucket_of = [], []
         for sample in samples:
             entry = entries[sample.path]
-            reason = self._unusable(entry, shortest, stride, target_fps, short_clip, allow_images)
+            reason = self._unusable(entry, shortest, stride, target_fps, short_clip, allow_images, limits)
             bucket = None
             if not reason and bucketed:
                 fitting = [i for i, (frames, _, _) in enumerate(bucketed)
@@ -213,7 +240,7 @@ class IndexedClipDataset(ClipDataset):
         report.check(len(samples) + len(problems), max_bad_fraction)
         super().__init__(good, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
                          frame_stride=stride, target_fps=target_fps, hflip=hflip, short_clip=short_clip,
-                         name=name, bad_report=report)
+                         name=name, bad_report=report, limits=limits)
         if bucketed:
             self.buckets, self.bucket_of = bucketed, bucket_of
             counts = {bucketed[b]: bucket_of.count(b) for b in range(len(bucketed))}
@@ -225,9 +252,12 @@ class IndexedClipDataset(ClipDataset):
 
     @staticmethod
     def _unusable(entry: IndexEntry, num_frames: int, stride: int, target_fps: float | None, short_clip: str,
-                  allow_images: bool) -> str | None:
+                  allow_images: bool, limits: MediaLimits) -> str | None:
         if not entry.decodable:
             return entry.error or "not decodable"
+        over = check_media_limits(entry, limits)  # an entry probed under looser limits
+        if over is not None:
+            return over
         if entry.kind == "image":
             return None if allow_images else "image file (set dataset.allow_images=true to use stills)"
         if short_clip == "skip" and not clip_fits(entry, num_frames, stride, target_fps):

@@ -11,18 +11,20 @@ place, so an interrupted scan never leaves a half-written index behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import av
 
 from .sources import is_image
-from .video_io import VideoDecodeError, _open, probe_video
+from .video_io import DEFAULT_LIMITS, MediaLimits, VideoDecodeError, _open, check_media_limits, probe_video
 
 log = logging.getLogger(__name__)
 # Bumped when probing finds more (2: packets are read to catch cut-off files), so old indexes are redone.
@@ -42,6 +44,49 @@ class IndexEntry:
     duration: float = 0.0
     decodable: bool = False
     error: str | None = None
+    # Refused by the media limits, not for being broken: the header's geometry is recorded, so a
+    # run with looser limits knows to probe the file properly instead of reusing the refusal.
+    over_limits: bool = False
+
+
+def _non_negative_int(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _non_negative_float(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+# What each field of a stored entry must hold; an entry that does not is probed again.
+_FIELD_CHECKS: dict[str, Callable[[object], bool]] = {
+    "path": lambda v: isinstance(v, str),
+    "size": _non_negative_int,
+    "mtime_ns": lambda v: type(v) is int,
+    "kind": lambda v: v in ("video", "image"),
+    "frames": _non_negative_int,
+    "fps": _non_negative_float,
+    "width": _non_negative_int,
+    "height": _non_negative_int,
+    "duration": _non_negative_float,
+    "decodable": lambda v: type(v) is bool,
+    "error": lambda v: v is None or isinstance(v, str),
+    "over_limits": lambda v: type(v) is bool,
+}
+_REQUIRED = {f.name for f in fields(IndexEntry) if f.default is MISSING}
+
+
+def entry_from_record(record) -> IndexEntry | None:
+    """An :class:`IndexEntry` from a stored JSON record, or None when any field is missing, unknown
+    or of the wrong type or range (``"fps": "abc"``, a negative size, a bool for a count): the index
+    is a cache, and a bad line must cost a re-probe, never a crash in a later run."""
+    if not isinstance(record, dict):
+        return None
+    keys = set(record)
+    if not _REQUIRED <= keys <= set(_FIELD_CHECKS):  # a field missing, or one from another layout
+        return None
+    if not all(_FIELD_CHECKS[key](value) for key, value in record.items()):
+        return None
+    return IndexEntry(**record)
 
 
 def _first_frame_decodes(path: str) -> tuple[str | None, int]:
@@ -58,31 +103,46 @@ def _first_frame_decodes(path: str) -> tuple[str | None, int]:
         return f"decoding failed ({type(exc).__name__}: {exc})", 0
 
 
-def _probe_image(entry: IndexEntry) -> IndexEntry:
-    from PIL import Image, UnidentifiedImageError
+def _probe_image(entry: IndexEntry, limits: MediaLimits | None) -> IndexEntry:
+    from PIL import Image
 
     try:
-        with Image.open(entry.path) as image:
-            image.load()  # a full decode: verify() alone misses truncated pixel data
+        with Image.open(entry.path) as image:  # reads the header only
             entry.width, entry.height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        entry.error = f"unreadable image ({type(exc).__name__}: {exc})"
+            over = limits.violation(width=entry.width, height=entry.height) if limits is not None else None
+            if over is not None:
+                entry.error, entry.over_limits = over, True
+                return entry
+            image.load()  # a full decode: verify() alone misses truncated pixel data
+    except Exception as exc:  # Pillow raises a zoo of types for hostile files: see image_error
+        entry.error = image_error(exc)
         return entry
     entry.frames, entry.decodable = 1, True
     return entry
 
 
-def probe_media(path: str, size: int, mtime_ns: int) -> IndexEntry:
-    """Metadata of one file, or ``decodable=False`` with the reason."""
+def image_error(exc: Exception) -> str:
+    """The reason an image is unusable. Pillow signals broken or hostile files with OSError,
+    SyntaxError, ValueError, struct.error, EOFError, zlib.error, DecompressionBombError (a plain
+    Exception) and more: every one of them is a bad sample, never a reason to stop a run."""
+    return f"unreadable image ({type(exc).__name__}: {exc})"
+
+
+def probe_media(path: str, size: int, mtime_ns: int, limits: MediaLimits | None = DEFAULT_LIMITS) -> IndexEntry:
+    """Metadata of one file, or ``decodable=False`` with the reason. A file over ``limits`` is
+    refused from its header, before any frame is decoded."""
     entry = IndexEntry(path, size, mtime_ns, "image" if is_image(path) else "video")
     if size == 0:
         entry.error = "zero-byte file"
         return entry
     if entry.kind == "image":
-        return _probe_image(entry)
-    info = probe_video(path, verify=True)  # reads the packets once: catches files cut off mid-way
+        return _probe_image(entry, limits)
+    info = probe_video(path, verify=True, limits=limits)  # reads the packets once: catches files cut off mid-way
     entry.frames, entry.fps, entry.width, entry.height = info.num_frames, info.fps, info.width, info.height
     entry.duration = info.duration
+    if not info.decodable and limits is not None and check_media_limits(info, limits) is not None:
+        entry.error, entry.over_limits = info.error, True
+        return entry  # a bomb's first frame is exactly what must not be decoded
     entry.error, rotation = (info.error, 0) if not info.decodable else _first_frame_decodes(path)
     if rotation % 180:  # read_clip turns such frames upright: record the size as shown (for buckets)
         entry.width, entry.height = entry.height, entry.width
@@ -104,7 +164,7 @@ def _read_index(path: Path) -> dict[str, dict]:
         for line in handle:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # ValueError: also a number over Python's digit limit
                 continue  # a damaged line only costs one re-probe
             if isinstance(record, dict) and isinstance(record.get("path"), str):
                 entries[record["path"]] = record
@@ -115,13 +175,16 @@ class VideoIndex:
     """``scan(paths)`` -> one :class:`IndexEntry` per path, probing only new or changed files.
 
     ``index_file=None`` keeps nothing between runs (every scan probes). ``probes`` and
-    ``reused`` count what the last scan did.
+    ``reused`` count what the last scan did. ``limits`` go to the default probe, and decide whether
+    a stored refusal still holds.
     """
 
     def __init__(self, index_file: str | os.PathLike | None,
-                 probe: Callable[[str, int, int], IndexEntry] = probe_media):
+                 probe: Callable[[str, int, int], IndexEntry] | None = None,
+                 limits: MediaLimits | None = DEFAULT_LIMITS):
         self.index_file = Path(index_file) if index_file else None
-        self.probe = probe
+        self.limits = limits
+        self.probe = probe or functools.partial(probe_media, limits=limits)
         self.probes = 0
         self.reused = 0
 
@@ -158,12 +221,21 @@ class VideoIndex:
             stat = os.stat(path)
         except OSError:
             return IndexEntry(path, -1, 0, "image" if is_image(path) else "video", error="missing file")
-        if cached and cached.get("size") == stat.st_size and cached.get("mtime_ns") == stat.st_mtime_ns:
-            try:
-                entry = IndexEntry(**cached)
-                self.reused += 1
-                return entry
-            except TypeError:
-                pass  # an entry from an older layout: probe again
+        entry = entry_from_record(cached) if cached is not None else None  # None: malformed, probe again
+        if entry is not None and (entry.size, entry.mtime_ns) == (stat.st_size, stat.st_mtime_ns) \
+                and self._still_refused_or_fine(entry):
+            self.reused += 1
+            return entry
         self.probes += 1
         return self.probe(path, stat.st_size, stat.st_mtime_ns)
+
+    def _still_refused_or_fine(self, entry: IndexEntry) -> bool:
+        """False for a file refused by an earlier run's limits that the current limits admit (it
+        needs a real probe); a refusal that still holds gets the current limits' reason."""
+        if not entry.over_limits:
+            return True
+        reason = check_media_limits(entry, self.limits) if self.limits is not None else None
+        if reason is None:
+            return False
+        entry.error = reason
+        return True

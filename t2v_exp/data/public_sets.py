@@ -4,7 +4,8 @@ Each reads its annotation files, turns them into samples and hands them to
 :class:`IndexedClipDataset`, which screens the files. Paths are ``dataset.root`` plus relative
 names (each a config key); a missing one raises an error naming the key and the expected layout.
 ``**common`` is IndexedClipDataset's keyword arguments (geometry, seed, split, report_dir,
-index_dir, max_bad_fraction, frame_stride, hflip, short_clip).
+index_dir, max_bad_fraction, frame_stride, hflip, short_clip, buckets and the media limits
+max_pixels_per_frame, max_frames, max_duration_s).
 """
 
 from __future__ import annotations

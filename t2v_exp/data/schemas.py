@@ -43,6 +43,12 @@ class RealVideoConfig(DatasetConfig):
     short_clip: str = "skip"  # skip | loop | pad
     # [[frames, height, width], ...]: training clips take the shape nearest their aspect ratio
     buckets: list[list[int]] | None = None
+    # Per-file limits, checked on the header before any frame is decoded (video_io.MediaLimits):
+    # a file over one is a bad sample. The defaults admit 4K (up to 4096x4096) and 6-hour sources
+    # and refuse decompression bombs (a 300-byte GIF can declare a 16000x16000 canvas).
+    max_pixels_per_frame: int = 4096 * 4096
+    max_frames: int = 2_000_000
+    max_duration_s: float = 6 * 3600.0
 
 
 @dataclass
@@ -56,6 +62,9 @@ class VideoFolderConfig(RealVideoConfig):
     recursive: bool = True
     allow_images: bool = False
     validation_fraction: float = 0.0
+    # Metadata paths that are absolute or contain '..' are refused (they could point anywhere on
+    # the machine) unless this is true.
+    allow_outside_root: bool = False
 
 
 @dataclass

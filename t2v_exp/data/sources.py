@@ -13,6 +13,8 @@ import csv
 import io
 import json
 import os
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +65,31 @@ def require_path(path: str | os.PathLike, *, key: str, layout: str, directory: b
 
 
 def resolve(root: Path, value: str) -> Path:
-    """Absolute paths stay; relative ones are taken from the dataset root."""
+    """Absolute paths stay; relative ones are taken from the dataset root (for config keys)."""
     path = Path(value)
     return path if path.is_absolute() else root / path
+
+
+def metadata_path(root: Path, value: str, *, where: str, allow_outside_root: bool) -> Path | Problem:
+    """A video path named inside a metadata file, taken from the dataset root.
+
+    Metadata is data, often downloaded with the videos: an absolute path or a ``..`` in it could
+    point training at any video on the machine. Both are refused unless the user says otherwise.
+    Any ``..`` is refused, not only one that leaves the root on paper: through a symlinked folder
+    ``link/../x`` can land anywhere.
+    """
+    path = Path(value)
+    if allow_outside_root:
+        return resolve(root, value)
+    if path.is_absolute():
+        why = "an absolute path"
+    elif ".." in path.parts:
+        why = "a path with '..'"
+    else:
+        return root / path
+    return Problem(str(resolve(root, value)),
+                   f"'{value}' at {where} is {why}, outside dataset.root={root}; metadata paths must be "
+                   "relative to the root, or set dataset.allow_outside_root=true to use them")
 
 
 def is_image(path: str | os.PathLike) -> bool:
@@ -90,6 +114,14 @@ def read_text(path: Path) -> str:
         raise MetadataError(path, f"not UTF-8 text ({exc.reason})", line=data[: exc.start].count(b"\n") + 1) from None
 
 
+def _long_number_line(text: str) -> int | None:
+    """Line of the first integer longer than Python converts (json raises a ValueError without a
+    position for it)."""
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
+    match = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
 def load_json(path: Path) -> Any:
     text = read_text(path)
     try:
@@ -98,6 +130,8 @@ def load_json(path: Path) -> Any:
         raise MetadataError(path, f"invalid JSON ({exc.msg}, column {exc.colno})", line=exc.lineno) from None
     except RecursionError:
         raise MetadataError(path, "invalid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer over Python's digit limit (a 5000-digit "id")
+        raise MetadataError(path, f"invalid JSON ({exc})", line=_long_number_line(text)) from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any | Problem]]:
@@ -108,8 +142,11 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any | Problem]]:
                 continue
             try:
                 yield number, json.loads(raw.decode("utf-8-sig"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-                yield number, Problem(f"{path}:{number}", f"malformed JSON line ({type(exc).__name__})")
+            # ValueError covers JSONDecodeError, UnicodeDecodeError and integers over Python's
+            # digit limit; RecursionError, arrays nested thousands deep.
+            except (ValueError, RecursionError) as exc:
+                detail = str(exc)[:120]
+                yield number, Problem(f"{path}:{number}", f"malformed JSON line ({type(exc).__name__}: {detail})")
 
 
 def iter_csv(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict | Problem]]:
@@ -147,20 +184,24 @@ def caption_list(value: Any) -> list[str]:
     return [c for c in (clean_caption(v) for v in values) if c is not None]
 
 
-def record_sample(record: Any, *, root: Path, path_key: str, caption_key: str, where: str) -> Sample | Problem:
+def record_sample(record: Any, *, root: Path, path_key: str, caption_key: str, where: str,
+                  allow_outside_root: bool = False) -> Sample | Problem:
     if not isinstance(record, dict):
         return Problem(where, f"expected an object with '{path_key}' and '{caption_key}', got {type(record).__name__}")
     value = record.get(path_key)
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         return Problem(where, f"missing or invalid '{path_key}'")
-    path = resolve(root, value.strip())
+    path = metadata_path(root, value.strip(), where=where, allow_outside_root=allow_outside_root)
+    if isinstance(path, Problem):
+        return path
     captions = caption_list(record.get(caption_key))
     if not captions:
         return Problem(str(path), f"missing caption ('{caption_key}' empty or absent at {where})")
     return Sample(str(path), captions, value.strip(), {"source": where})
 
 
-def read_table(path: Path, *, root: Path, path_key: str, caption_key: str) -> tuple[list[Sample], list[Problem]]:
+def read_table(path: Path, *, root: Path, path_key: str, caption_key: str,
+               allow_outside_root: bool = False) -> tuple[list[Sample], list[Problem]]:
     """metadata.csv or metadata.jsonl: one row per video, a path column and a caption column."""
     if path.suffix.lower() == ".csv":
         rows = iter_csv(path, [path_key, caption_key])
@@ -171,7 +212,8 @@ def read_table(path: Path, *, root: Path, path_key: str, caption_key: str) -> tu
     samples, problems = [], []
     for number, row in rows:
         item = row if isinstance(row, Problem) else record_sample(
-            row, root=root, path_key=path_key, caption_key=caption_key, where=f"{path}:{number}")
+            row, root=root, path_key=path_key, caption_key=caption_key, where=f"{path}:{number}",
+            allow_outside_root=allow_outside_root)
         (problems if isinstance(item, Problem) else samples).append(item)
     return samples, problems
 
@@ -196,7 +238,8 @@ def read_sidecars(files: list[Path], *, root: Path, extension: str = ".txt") -> 
     return samples, problems
 
 
-def read_line_aligned(prompts_file: Path, videos_file: Path, *, root: Path) -> tuple[list[Sample], list[Problem]]:
+def read_line_aligned(prompts_file: Path, videos_file: Path, *, root: Path,
+                      allow_outside_root: bool = False) -> tuple[list[Sample], list[Problem]]:
     """Line i of the prompts file captions the video named on line i of the videos file."""
     prompts = read_text(prompts_file).splitlines()
     videos = read_text(videos_file).splitlines()
@@ -214,7 +257,10 @@ def read_line_aligned(prompts_file: Path, videos_file: Path, *, root: Path) -> t
         if not name or "\x00" in name:
             problems.append(Problem(f"{videos_file}:{number}", "empty video path"))
             continue
-        path = resolve(root, name)
+        path = metadata_path(root, name, where=f"{videos_file}:{number}", allow_outside_root=allow_outside_root)
+        if isinstance(path, Problem):
+            problems.append(path)
+            continue
         caption = clean_caption(prompt)
         if caption is None:
             problems.append(Problem(str(path), f"missing caption ({prompts_file}:{number} is empty)"))

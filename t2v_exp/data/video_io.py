@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+
 Rng = random.Random | np.random.Generator
 # Frames may run out this long before the header's end without the file counting as truncated:
 # variable-frame-rate files can show their last frame longer than one average frame.
@@ -36,6 +38,55 @@ class VideoDecodeError(RuntimeError):
 
 class ShortClipError(VideoDecodeError):
     """The file is shorter than the requested clip and the policy is ``skip``."""
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """Per-file limits, checked against the container header before any frame is decoded.
+
+    A decoded frame costs about 4 bytes per pixel (and a float clip 12 per pixel per frame), so a
+    few hundred bytes of GIF or PNG declaring a 16000x16000 canvas would cost gigabytes. The
+    defaults admit real sources up to 4096x4096 (4K UHD and DCI 4K included) and up to 6 hours,
+    and reject what only a bomb or a broken header declares.
+    """
+
+    max_pixels_per_frame: int = 4096 * 4096
+    max_frames: int = 2_000_000  # over 9 h at 60 fps
+    max_duration_s: float = 6 * 3600.0
+
+    def __post_init__(self):
+        for key in ("max_pixels_per_frame", "max_frames", "max_duration_s"):
+            value = getattr(self, key)
+            valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not valid or value <= 0:
+                raise ConfigError(f"dataset.{key}={value!r} must be a positive number; "
+                                  f"default: dataset.{key}={getattr(MediaLimits, key)}")
+
+    def violation(self, *, width: int, height: int, frames: int = 0, duration: float = 0.0) -> str | None:
+        """Why a file of this header geometry is refused, or None when it is within the limits."""
+        pixels = int(width) * int(height)
+        if pixels > self.max_pixels_per_frame:
+            return (f"frame of {width}x{height} = {pixels:,} pixels exceeds dataset.max_pixels_per_frame="
+                    f"{self.max_pixels_per_frame} (a decompression bomb, or raise it: "
+                    f"dataset.max_pixels_per_frame={pixels})")
+        if frames > self.max_frames:
+            return (f"{frames:,} frames exceed dataset.max_frames={self.max_frames} "
+                    f"(raise it if real: dataset.max_frames={frames})")
+        if duration > self.max_duration_s:
+            return (f"duration {duration:g}s exceeds dataset.max_duration_s={self.max_duration_s:g} "
+                    f"(raise it if real: dataset.max_duration_s={math.ceil(duration)})")
+        return None
+
+
+DEFAULT_LIMITS = MediaLimits()
+
+
+def check_media_limits(info, limits: MediaLimits | None = None) -> str | None:
+    """Why a probed file (a :class:`VideoInfo`, or anything with width, height, duration and
+    ``num_frames`` or ``frames``) is over ``limits``, or None. Costs nothing: header values only."""
+    frames = getattr(info, "num_frames", getattr(info, "frames", 0))
+    return (limits or DEFAULT_LIMITS).violation(width=info.width, height=info.height, frames=frames or 0,
+                                                duration=info.duration or 0.0)
 
 
 @dataclass
@@ -76,9 +127,15 @@ def _as_uint8_frames(frames) -> np.ndarray:
 
 
 def write_video(path: str | os.PathLike, frames, fps: float = 8, codec: str | None = None, *,
-                crf: int = 18) -> Path:
+                crf: int = 18, threads: int = 1) -> Path:
     """Write H.264 mp4 (VP9 when the path ends in .webm, unless ``codec`` says otherwise), atomically:
-    a temp file in the same folder, renamed into place, so a reader never sees half a file."""
+    a temp file in the same folder, renamed into place, so a reader never sees half a file.
+
+    ``threads=1`` makes x264's output a function of the frames alone: its threaded modes pick
+    slices from the CPU count, so the same clip written on a 2-core and a 16-core machine (or
+    under another CPU affinity) differed byte for byte, and so did weights trained on it. The
+    clips written here are small; one thread costs next to nothing.
+    """
     path = Path(path)
     array = _as_uint8_frames(frames)
     if len(array) == 0:
@@ -97,7 +154,7 @@ def write_video(path: str | os.PathLike, frames, fps: float = 8, codec: str | No
             stream.width, stream.height = padded.shape[2], padded.shape[1]
             stream.pix_fmt = "yuv420p"
             if codec == "libx264":
-                stream.options = {"crf": str(crf)}
+                stream.options = {"crf": str(crf), "threads": str(threads)}
             elif codec == "libvpx-vp9":
                 # Constant-quality mode; VP9's crf scale is coarser than x264's, hence the shift.
                 stream.options = {"crf": str(crf + 12), "b": "0"}
@@ -195,20 +252,40 @@ def _header_end(container, stream, timing: _Timing) -> float | None:
     return None
 
 
-def probe_video(path: str | os.PathLike, *, verify: bool = False) -> VideoInfo:
+def _header_violation(stream, timing: _Timing | None, limits: MediaLimits | None) -> str | None:
+    """``limits`` against what the header declares: the frame size (known once the file is open),
+    then, given ``timing``, frames and duration. Reading the timing reads packets at most; no frame
+    is decoded before this check passes."""
+    if limits is None:
+        return None
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if timing is None:
+        return limits.violation(width=width, height=height)
+    return limits.violation(width=width, height=height, frames=timing.frames, duration=timing.duration)
+
+
+def probe_video(path: str | os.PathLike, *, verify: bool = False,
+                limits: MediaLimits | None = DEFAULT_LIMITS) -> VideoInfo:
     """Container metadata (frames counted from packets where the header has no count; nothing is
     decoded), or ``decodable=False`` with the reason.
 
     ``verify`` also reads every packet (still decoding nothing) and calls the file truncated when
     they stop well before the header's end: a download cut short keeps a header promising the
     whole video. It costs one read of the file, which the media index does once per file.
+    A file over ``limits`` (None: no limits) is refused from its header (an oversized frame before
+    any packet is read): ``decodable=False`` with the reason, the header's geometry kept.
     """
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
-            timing = _stream_timing(container, stream, exact=True)
-            info = VideoInfo(str(path), timing.frames, timing.fps, stream.codec_context.width,
-                             stream.codec_context.height, timing.duration)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            over = _header_violation(stream, None, limits)
+            timing = _stream_timing(container, stream, exact=over is None)
+            info = VideoInfo(str(path), timing.frames, timing.fps, width, height, timing.duration)
+            over = over or _header_violation(stream, timing, limits)
+            if over is not None:  # the header's geometry is kept: a later, looser limit can admit it
+                info.decodable, info.error = False, over
+                return info
             if verify:
                 header_end = _header_end(container, stream, timing)
                 packets = timing if timing.demuxed else _demux_timing(container, stream, timing.fps)
@@ -299,14 +376,16 @@ def resize_and_crop(frames: torch.Tensor, height: int, width: int, *, center: bo
 
 def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int, *, frame_stride: int | None = None,
               target_fps: float | None = None, start: str = "center", rng: Rng | None = None,
-              hflip: bool = False, short_clip: str = "loop") -> torch.Tensor:
+              hflip: bool = False, short_clip: str = "loop",
+              limits: MediaLimits | None = DEFAULT_LIMITS) -> torch.Tensor:
     """Sample ``num_frames`` frames -> float32 [F, C, H, W] in [-1, 1].
 
     ``frame_stride`` steps in source frames (default 1), or ``target_fps`` resamples in time;
     ``start`` is "random" (needs ``rng``: ``random.Random`` or ``np.random.Generator``) or
     "center". With "random" the crop is random too, else centred. Files shorter than the clip
     follow ``short_clip``: "loop" wraps around, "pad" repeats the last frame, "skip" raises
-    :class:`ShortClipError`. Unreadable files raise :class:`VideoDecodeError`.
+    :class:`ShortClipError`. Unreadable files, and files whose header is over ``limits``
+    (checked before any frame is decoded; None: no limits), raise :class:`VideoDecodeError`.
     """
     if short_clip not in ("loop", "pad", "skip"):
         raise ValueError(f"short_clip={short_clip!r}; valid: loop, pad, skip")
@@ -318,7 +397,13 @@ def read_clip(path: str | os.PathLike, num_frames: int, height: int, width: int,
         with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            over = _header_violation(stream, None, limits)
+            if over is not None:
+                raise VideoDecodeError(path, over)
             timing = _stream_timing(container, stream)
+            over = _header_violation(stream, timing, limits)
+            if over is not None:
+                raise VideoDecodeError(path, over)
             fps = timing.fps
             step = 1.0 / target_fps if target_fps else (frame_stride or 1) / fps
             last_start = timing.duration - 1.0 / fps  # time of the last frame, from the first
