@@ -1,7 +1,11 @@
-"""Evaluation: prompts -> videos (generated with fixed seeds, or read from a folder) -> metrics.
+"""Evaluation: a (prompt, seed) plan -> videos (generated, or read from a folder) -> metrics with CIs.
 
-Writes ``metrics.json`` (scores + protocol per metric), ``per_video.csv``, the videos, and logs
-a W&B table. With a baseline eval dir, every score gets its absolute and percent change.
+The plan: ``num_videos`` videos in all, ``seeds_per_prompt`` of them per prompt. Video i shows
+prompt i // seeds_per_prompt (repeat i % seeds_per_prompt) from seed ``seed + i``, i.e. seed + p *
+seeds_per_prompt + r: the same (prompt, seed) list whatever the model, so base and fine-tuned
+videos pair up. Writes ``metrics.json`` (scores, protocol, per-video record, mean and 95% bootstrap
+CI per score, and with a baseline the paired comparison or why it was refused), ``per_video.csv``,
+the videos and, when the FVD metric hands back its features, ``fvd_features.npz``.
 """
 
 from __future__ import annotations
@@ -10,18 +14,28 @@ import csv
 import json
 import logging
 import math
+import re
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import comparison
 from .engine.validation import slug, to_uint8_frames
-from .metrics.suite import compute_metrics
+from .metrics import stats
+from .metrics.suite import MetricsSettings, compute_metrics
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 NOT_SCORES = {"seconds", "status"}
+SEED_IN_NAME = re.compile(r"_seed(\d+)$")  # write_videos names files <index>_<prompt>_seed<seed>.mp4
+FEATURES_FILE = "fvd_features.npz"
+AUTO = "auto"  # metrics=[auto]: what can run here with no extra weight files (see resolve_metrics)
+ROLES = ("eval", "eval_base")  # W&B prefixes: fine-tuned (or any folder) / base model
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -41,33 +55,53 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def evaluation_prompts(settings, dataset=None) -> list[str]:
-    """``num_videos`` prompts: from the prompts file, else the dataset's captions, cycled if short."""
+@dataclass(frozen=True)
+class PlannedVideo:
+    index: int
+    prompt: str
+    prompt_index: int
+    repeat: int
+    seed: int
+
+
+def evaluation_plan(settings, dataset=None) -> list[PlannedVideo]:
+    """``num_videos`` (prompt, seed) pairs, ``seeds_per_prompt`` seeds per prompt (see the module doc).
+
+    Prompts come from the prompts file, else the dataset's captions, cycled if there are fewer;
+    when num_videos is not a multiple of seeds_per_prompt the last prompt gets fewer seeds.
+    """
     source = read_prompts_file(settings.prompts) if settings.prompts else (
         dataset.captions() if dataset is not None else [])
     if not source:
         raise ValueError("No evaluation prompts: set prompts=FILE or use a dataset with captions")
-    return [source[i % len(source)] for i in range(settings.num_videos)]
+    per_prompt = int(settings.seeds_per_prompt)
+    if per_prompt < 1:
+        raise ValueError(f"seeds_per_prompt={per_prompt} must be >= 1, e.g. seeds_per_prompt=2")
+    return [PlannedVideo(index=i, prompt=source[(i // per_prompt) % len(source)], prompt_index=i // per_prompt,
+                         repeat=i % per_prompt, seed=int(settings.seed) + i) for i in range(int(settings.num_videos))]
 
 
-def reference_clips(dataset, count: int) -> torch.Tensor:
-    """The first ``count`` clips of the evaluation split, [N, F, C, H, W] in [-1, 1]."""
+def reference_clips(dataset, count: int, split: str = "validation") -> tuple[torch.Tensor, list[str]]:
+    """The first ``count`` clips of the evaluation split, [N, F, C, H, W] in [-1, 1], and their
+    names (``validation[3]``) for fvd_features.npz."""
     count = min(count, len(dataset))
     items = [dataset[i]["video"] for i in tqdm(range(count), desc="reference clips", leave=False)]
-    return torch.stack(items)
+    return torch.stack(items), [f"{split}[{i}]" for i in range(count)]
 
 
 @torch.no_grad()
-def generate_videos(model, prompts: list[str], *, seed: int, num_inference_steps: int, guidance_scale: float,
-                    autocast=nullcontext) -> torch.Tensor:
-    """Video i from ``seed + i``: the same prompt gets the same noise whatever the model or batch."""
+def generate_videos(model, prompts: list[str], *, seed: int = 0, num_inference_steps: int, guidance_scale: float,
+                    autocast=nullcontext, seeds: list[int] | None = None) -> torch.Tensor:
+    """Video i from ``seeds[i]`` (default ``seed + i``): the same prompt gets the same noise whatever
+    the model or batch."""
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
     videos = []
     denoiser = model.denoiser
     was_training = denoiser.training
     denoiser.eval()
     try:
-        for i, prompt in enumerate(tqdm(prompts, desc="generate", unit="video")):
-            generator = torch.Generator().manual_seed(seed + i)
+        for prompt, video_seed in tqdm(list(zip(prompts, seeds, strict=True)), desc="generate", unit="video"):
+            generator = torch.Generator().manual_seed(video_seed)
             with autocast():
                 video = model.generate([prompt], num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)[0]
@@ -77,20 +111,25 @@ def generate_videos(model, prompts: list[str], *, seed: int, num_inference_steps
     return torch.stack(videos)  # [N, F, C, H, W] in [0, 1]
 
 
-def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps: int) -> list[str]:
+def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps: int,
+                 seeds: list[int] | None = None) -> list[str]:
+    """Files named ``<index>_<prompt slug>[_seed<seed>].mp4``; the index is zero-padded so the
+    sorted file order is the generation order."""
     from .data.video_io import write_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(len(prompts) - 1)))
     names = []
     for i, (video, prompt) in enumerate(zip(videos01, prompts, strict=True)):
-        name = f"{i:03d}_{slug(prompt)}.mp4"
+        name = f"{i:0{width}d}_{slug(prompt)}" + (f"_seed{seeds[i]}" if seeds is not None else "") + ".mp4"
         write_video(out_dir / name, to_uint8_frames(video).numpy(), fps=fps)
         names.append(name)
     return names
 
 
 def load_video_folder(folder: str | Path, *, num_frames: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Every video file of a folder (sorted), at the first file's size and the shortest length."""
+    """Every video file of a folder (sorted), at the first file's size and the shortest length;
+    returns the clips and their file names."""
     from .data.video_io import VideoDecodeError, probe_video, read_clip
 
     folder = Path(folder).expanduser()
@@ -129,84 +168,346 @@ def folder_prompts(folder: str | Path, names: list[str], prompts_file: str | Non
     return None
 
 
+def folder_videos(names: list[str], prompts: list[str] | None) -> list[dict[str, Any]]:
+    """Per-video record of a folder: the seed is read from names this project wrote (``_seed7``)."""
+    videos = []
+    for i, name in enumerate(names):
+        match = SEED_IN_NAME.search(Path(name).stem)
+        videos.append({"file": name, "prompt": prompts[i] if prompts else None, "prompt_index": None,
+                       "repeat": None, "seed": int(match.group(1)) if match else None})
+    return videos
+
+
+def planned_videos(plan: list[PlannedVideo], names: list[str] | None = None) -> list[dict[str, Any]]:
+    return [{"file": names[v.index] if names else None, "prompt": v.prompt, "prompt_index": v.prompt_index,
+             "repeat": v.repeat, "seed": v.seed} for v in plan]
+
+
 def scores_of(entry: dict) -> dict[str, float]:
     return {k: float(v) for k, v in entry.items()
             if k not in NOT_SCORES and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def compare_to_baseline(current: dict, baseline: dict) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per metric and score: baseline, current, absolute change, percent change."""
-    table: dict[str, dict] = {}
-    for name, entry in current.items():
-        base_entry = baseline.get(name, {})
-        if entry.get("status") != "ok" or base_entry.get("status") != "ok":
+def effective_metric_settings(settings) -> dict[str, Any]:
+    """Every metric setting with its default filled in: what decides the numbers, recorded and compared."""
+    raw = settings.metric_settings or {}
+    if type(raw).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.to_container(raw, resolve=True)
+    return asdict(MetricsSettings.from_mapping(raw))
+
+
+def resolve_metrics(settings, *, frames: int, has_reference: bool, prompts: list[str] | None
+                    ) -> tuple[list[str], dict[str, str]]:
+    """The metrics to run, and for ``metrics=[auto]`` why each other one was left out.
+
+    An explicit list is taken as it is (and a metric in it that cannot run fails the CLI). ``auto``
+    is the default: temporal always; FVD when there are reference clips and the videos are long
+    enough for its 16-frame protocol (the tiny twins make 8); the shapes oracle when every prompt
+    names a shapes-dataset colour and direction. Metrics that need weight files stay opt-in.
+    """
+    from .metrics.shapes_oracle import parse_prompt
+    from .metrics.suite import METRIC_NAMES
+
+    requested = list(settings.metrics)
+    if AUTO not in requested:
+        return requested, {}
+    if requested != [AUTO]:
+        raise ValueError(f"metrics={requested}: 'auto' stands alone; list the metrics instead, e.g. metrics='[temporal,fvd]'")
+    chosen, left_out = ["temporal"], {}
+    fvd_frames = int(effective_metric_settings(settings)["fvd"]["num_frames"])
+    if not has_reference:
+        left_out["fvd"] = "no reference clips (videos= mode: pass reference=DIR)"
+    elif frames < fvd_frames:
+        left_out["fvd"] = (f"the videos have {frames} frames, FVD's protocol feeds {fvd_frames}: generate longer videos "
+                           f"(model.num_frames={fvd_frames}), or ask for it with metrics='[temporal,fvd]' "
+                           f"+metric_settings.fvd.num_frames={frames} (then not comparable with {fvd_frames}-frame FVD)")
+    else:
+        chosen.append("fvd")
+    if prompts and all(None not in parse_prompt(prompt) for prompt in prompts):
+        chosen.append("shapes_oracle")
+    else:
+        left_out["shapes_oracle"] = "the prompts do not all name a shapes-dataset colour and direction"
+    for name in METRIC_NAMES:
+        if name not in chosen and name not in left_out:
+            left_out[name] = f"opt-in: list it in metrics= (e.g. metrics='[{','.join(chosen)},{name}]')"
+    return chosen, left_out
+
+
+def generation_record(settings, plan: list[PlannedVideo] | None) -> dict[str, Any]:
+    """The settings that decide which videos exist (None where a folder of videos cannot know)."""
+    return {"seed": int(settings.seed) if plan else None,
+            "seeds_per_prompt": int(settings.seeds_per_prompt) if plan else None,
+            "num_prompts": len({v.prompt_index for v in plan}) if plan else None,
+            "num_inference_steps": int(settings.num_inference_steps) if plan else None,
+            "guidance_scale": float(settings.guidance_scale) if plan else None,
+            "metric_settings": effective_metric_settings(settings)}
+
+
+# -- loading and checking the baseline -------------------------------------------------------------
+def load_baseline(baseline: str | Path) -> tuple[Path, dict]:
+    path = Path(baseline).expanduser()
+    if not (path / "metrics.json").is_file():
+        raise FileNotFoundError(f"baseline={baseline}: no metrics.json there (pass an earlier eval directory)")
+    return path, json.loads((path / "metrics.json").read_text())
+
+
+def check_plan_against_baseline(baseline: str | Path, settings, plan: list[PlannedVideo]) -> None:
+    """Refuse before generating anything when the plan already differs from the baseline's."""
+    path, base = load_baseline(baseline)
+    planned = {**generation_record(settings, plan), "videos": planned_videos(plan)}
+    found = comparison.differences(base, planned, plan_only=True)
+    if found:
+        raise comparison.IncomparableEvaluations(found, str(path), "the planned evaluation")
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+def run_metrics(names: list[str], videos, prompts, reference, settings
+                ) -> tuple[dict[str, dict], dict[str, dict[str, list]]]:
+    """Each metric's entry and its own per-video columns (one compute_metrics call per metric, so a
+    column is never attributed to the wrong metric and equal column names cannot collide)."""
+    metric_settings = effective_metric_settings(settings)
+    entries, columns = {}, {}
+    for name in names:
+        result = compute_metrics(videos, prompts, reference, metrics=[name], settings=metric_settings)
+        entries[name] = result["metrics"][name]
+        columns[name] = {k: v for k, v in result["per_video"].items() if k not in ("video_index", "prompt")}
+    return entries, columns
+
+
+def numeric_column(values: list) -> list[float | None] | None:
+    """Per-video values as floats (bools as 0/1, NaN/inf as None), or None for a text column."""
+    if not values or not all(v is None or isinstance(v, bool | int | float) for v in values):
+        return None
+    floats = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+    return floats if any(v is not None for v in floats) else None
+
+
+def summarize(entries: dict[str, dict], columns: dict[str, dict[str, list]], count: int) -> dict:
+    """summary[metric][score]: mean over videos with a 95% bootstrap CI for per-video scores; the
+    value with the metric's own CI (fvd_ci, inception_score_ci) for set metrics."""
+    summary: dict[str, dict] = {}
+    for name, entry in entries.items():
+        if entry.get("status") != "ok":
             continue
-        base_scores = scores_of(base_entry)
-        for key, value in scores_of(entry).items():
-            if key not in base_scores:
-                continue
-            before = base_scores[key]
-            pct = None if before == 0 or not math.isfinite(before) else 100.0 * (value - before) / abs(before)
-            table.setdefault(name, {})[key] = {"baseline": before, "current": value, "change": value - before,
-                                               "pct_change": pct}
-    return table
+        numeric = {score: floats for score, values in columns.get(name, {}).items()
+                   if (floats := numeric_column(values)) is not None}
+        for score, floats in numeric.items():
+            finite = [v for v in floats if v is not None]
+            ci = stats.mean_with_ci(finite)
+            summary.setdefault(name, {})[score] = {"value": ci.pop("mean"), **ci, "statistic": "mean over videos",
+                                                   "dropped": len(floats) - len(finite)}
+        if numeric:
+            continue
+        for score, value in scores_of(entry).items():
+            ci = comparison.set_ci(entry, name, score) or {}
+            summary.setdefault(name, {})[score] = {
+                "value": value, "ci_low": ci.get("ci_low"), "ci_high": ci.get("ci_high"), "n": count,
+                **{k: v for k, v in ci.items() if k not in ("ci_low", "ci_high", "n")},
+                "statistic": "set", "indicative_only": comparison.indicative_only(name, entry)}
+    return summary
 
 
-def format_comparison(table: dict) -> str:
-    lines = [f"{'metric':<32}{'baseline':>12}{'current':>12}{'change':>12}{'%':>9}"]
-    for name, scores in table.items():
-        for key, row in scores.items():
-            pct = "n/a" if row["pct_change"] is None else f"{row['pct_change']:+.1f}"
-            lines.append(f"{name + '/' + key:<32}{row['baseline']:>12.4f}{row['current']:>12.4f}"
-                         f"{row['change']:>+12.4f}{pct:>9}")
-    return "\n".join(lines)
+def write_fvd_features(entry: dict, out_dir: Path, names: list[str], reference_names: list[str] | None) -> None:
+    """Move FVD's detector features out of the entry (arrays do not belong in JSON) into fvd_features.npz.
+
+    Names: generated = the evaluation's sorted file order, reference = folder file names or
+    dataset indices such as ``validation[3]``; the FVD runner does not know them, so they are
+    attached here unless it already did.
+    """
+    features = entry.pop("features", None)
+    if features is None:
+        return
+    generated, reference = np.asarray(features["generated"]), np.asarray(features["reference"])
+    generated_names = list(features.get("generated_names") or names)
+    reference_names = list(features.get("reference_names") or reference_names or [])
+    for what, rows, labels in (("generated", generated, generated_names), ("reference", reference, reference_names)):
+        if len(labels) != rows.shape[0]:
+            entry.setdefault("warnings", []).append(
+                f"fvd_features.npz: {len(labels)} {what} names for {rows.shape[0]} feature rows; names left empty")
+            labels.clear()
+    np.savez(out_dir / FEATURES_FILE, generated=generated, reference=reference,
+             generated_names=np.array(generated_names, dtype=str), reference_names=np.array(reference_names, dtype=str))
+    entry["features_file"] = FEATURES_FILE
 
 
-def score_and_report(out_dir: Path, *, videos: torch.Tensor, prompts: list[str] | None, names: list[str],
-                     reference: torch.Tensor | None, settings, description: dict, baseline: str | None,
-                     video_dir: Path, tracker=None) -> dict:
-    """videos: [N, F, C, H, W] in [-1, 1]. Writes metrics.json and per_video.csv into ``out_dir``."""
+def entrypoint_hints(entries: dict[str, dict], prompts) -> None:
+    """compute_metrics phrases a missing-prompts fix for Python callers; say what to pass to the CLI."""
+    for entry in entries.values():
+        if entry.get("status") == "skipped" and prompts is None and "prompt" in str(entry.get("reason")):
+            entry["fix"] = ("pass prompts=FILE (one prompt per line, in the videos' sorted file order) or put "
+                            "<video name>.txt prompt files beside the videos")
+
+
+def problems(report: dict) -> list[dict[str, str]]:
+    """Every requested metric that has no score: its status, reason and fix."""
+    found = []
+    for name, entry in report["metrics"].items():
+        if entry.get("status") == "ok":
+            continue
+        reason = entry.get("reason") or entry.get("error") or f"status {entry.get('status')!r}"
+        fix = entry.get("fix") or f"see the traceback in {Path(report.get('out_dir', '.')) / 'metrics.json'} " \
+                                   f"(metrics.{name}.traceback)"
+        found.append({"metric": name, "status": str(entry.get("status")), "reason": str(reason), "fix": str(fix)})
+    return found
+
+
+def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], video_records: list[dict],
+                     reference: torch.Tensor | None, reference_names: list[str] | None, settings,
+                     description: dict, baseline: str | None, video_dir: Path, tracker=None,
+                     plan: list[PlannedVideo] | None = None, role: str = "eval") -> dict:
+    """videos: [N, F, C, H, W] in [-1, 1], in the order of ``names`` / ``video_records``.
+
+    Writes metrics.json and per_video.csv into ``out_dir``. A baseline that is not comparable is
+    recorded as ``comparison_refused`` (the caller decides whether that is fatal).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role={role!r}; expected one of {ROLES}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = compute_metrics(videos, prompts, reference, metrics=list(settings.metrics),
-                             settings=dict(settings.metric_settings or {}))
-    report = {**description, "num_videos": int(videos.shape[0]), "frames": int(videos.shape[1]),
-              "resolution": [int(videos.shape[3]), int(videos.shape[4])], "metrics": result["metrics"]}
+    prompts = [v["prompt"] for v in video_records] if all(v["prompt"] is not None for v in video_records) else None
+    names_to_run, left_out = resolve_metrics(settings, frames=int(videos.shape[1]), has_reference=reference is not None,
+                                             prompts=prompts)
+    if left_out:
+        log.info("metrics=auto: scoring %s; left out: %s", ", ".join(names_to_run),
+                 "; ".join(f"{k} ({v})" for k, v in left_out.items() if not v.startswith("opt-in")) or "-")
+    entries, columns = run_metrics(names_to_run, videos, prompts, reference, settings)
+    entrypoint_hints(entries, prompts)
+    if "fvd" in entries:
+        write_fvd_features(entries["fvd"], out_dir, names, reference_names)
+    count = int(videos.shape[0])
+    records = [{**record, "scores": {name: {column: values[i] for column, values in cols.items()}
+                                     for name, cols in columns.items() if cols}}
+               for i, record in enumerate(video_records)]
+    report = {**description, "role": role, "out_dir": str(out_dir), "video_dir": str(video_dir),
+              "num_videos": count, "frames": int(videos.shape[1]),
+              "resolution": [int(videos.shape[3]), int(videos.shape[4])], **generation_record(settings, plan),
+              "metrics_requested": names_to_run, "metrics_left_out": left_out or None,
+              "reference": None if reference is None else {"num_videos": int(reference.shape[0]),
+                                                           "names": list(reference_names or [])},
+              "videos": records, "metrics": entries, "summary": summarize(entries, columns, count)}
+    report["problems"] = problems(report)
+    base = None
     if baseline:
-        base_file = Path(baseline).expanduser() / "metrics.json"
-        if not base_file.is_file():
-            raise FileNotFoundError(f"baseline={baseline}: no metrics.json there (pass an earlier eval directory)")
-        report["baseline"] = str(Path(baseline).expanduser())
-        report["comparison"] = compare_to_baseline(result["metrics"], json.loads(base_file.read_text())["metrics"])
-        log.info("Change against %s:\n%s", baseline, format_comparison(report["comparison"]))
+        base_dir, base = load_baseline(baseline)
+        report["baseline"] = str(base_dir)
+        try:
+            report["comparison"], report["comparison_protocol"] = comparison.compare(
+                base, report, base_name=str(base_dir), tuned_name=str(out_dir))
+        except comparison.IncomparableEvaluations as refused:
+            report["comparison_refused"] = {"differences": refused.differences, "message": str(refused)}
+            log.warning("Not compared with %s: differs in %s (details in metrics.json comparison_refused)",
+                        base_dir, ", ".join(d["field"] for d in refused.differences))
+            base = None
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
-    per_video = {"file": names, **result["per_video"]}
-    rows = [{column: per_video[column][i] for column in per_video} for i in range(len(names))]
-    with open(out_dir / "per_video.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(per_video))
-        writer.writeheader()
-        writer.writerows(rows)
-    for name, entry in result["metrics"].items():
-        state = entry["status"] if entry["status"] != "ok" else ", ".join(
-            f"{k}={v:.4f}" for k, v in scores_of(entry).items())
-        log.info("%-16s %s%s", name, state, f" ({entry.get('reason')}; fix: {entry.get('fix')})"
-                 if entry["status"] == "skipped" else "")
+    write_per_video_csv(out_dir / "per_video.csv", records)
+    log.info("Scores (%d videos, mean and 95%% bootstrap CI over videos):\n%s", count, format_summary(report))
+    if "comparison" in report:
+        log.info("Paired by %s against %s:\n%s", comparison.PAIRING, report["baseline"],
+                 comparison.format_comparison(report["comparison"]))
     if tracker is not None:
-        flat = {f"eval/{n}/{k}": v for n, e in result["metrics"].items() if e["status"] == "ok"
-                for k, v in scores_of(e).items()}
-        tracker.log(flat)
-        tracker.log_table("eval/videos", rows, video_dir=video_dir, video_column="file")
+        log_to_tracker(tracker, report, role, base)
     return report
 
 
+def csv_columns(records: list[dict]) -> dict[str, tuple[str, str]]:
+    """CSV header -> (metric, column): plain column names, prefixed ``metric.`` only when two metrics share one."""
+    pairs = list(dict.fromkeys((m, c) for r in records for m, cols in r["scores"].items() for c in cols))
+    names = [c for _, c in pairs]
+    return {(c if names.count(c) == 1 else f"{m}.{c}"): (m, c) for m, c in pairs}
+
+
+def write_per_video_csv(path: Path, records: list[dict]) -> None:
+    columns = csv_columns(records)
+    fields = ["file", "video_index", "prompt", "prompt_index", "repeat", "seed", *columns]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for index, record in enumerate(records):
+            row = {key: record.get(key) for key in ("file", "prompt", "prompt_index", "repeat", "seed")}
+            row["video_index"] = index
+            row.update({header: record["scores"].get(m, {}).get(c) for header, (m, c) in columns.items()})
+            writer.writerow(row)
+
+
+# -- printing and W&B ------------------------------------------------------------------------------
+def format_summary(report: dict) -> str:
+    lines = [f"{'metric/score':<34}{'value':>12}  {'95% CI':<24}{'n':>6}  note"]
+    missing = {p["metric"]: p for p in report["problems"]}
+    for name in report["metrics"]:
+        if name in missing:
+            lines.append(f"{name:<34}{missing[name]['status']:>12}  {missing[name]['reason']}; fix: {missing[name]['fix']}")
+            continue
+        for score, row in report["summary"].get(name, {}).items():
+            ci = "" if row.get("ci_low") is None else f"[{row['ci_low']:.4g}, {row['ci_high']:.4g}]"
+            note = "indicative only (under 256 videos)" if row.get("indicative_only") else ""
+            lines.append(f"{name + '/' + score:<34}{row['value']:>12.4g}  {ci:<24}{row.get('n') or '':>6}  {note}")
+    return "\n".join(lines)
+
+
+def wandb_scalars(report: dict, role: str) -> dict[str, float]:
+    """<role>/<metric>/<score> (+ _ci_low/_ci_high) and eval_delta/<metric>/<score>/<field>."""
+    flat: dict[str, float] = {}
+    for name, entry in report["metrics"].items():
+        if entry.get("status") == "ok":
+            flat.update({f"{role}/{name}/{k}": v for k, v in scores_of(entry).items()})
+    for name, scores in report["summary"].items():
+        for score, row in scores.items():
+            flat[f"{role}/{name}/{score}"] = row["value"]
+            if row.get("ci_low") is not None:
+                flat[f"{role}/{name}/{score}_ci_low"], flat[f"{role}/{name}/{score}_ci_high"] = row["ci_low"], row["ci_high"]
+    for name, scores in (report.get("comparison") or {}).items():
+        for score, row in scores.items():
+            for field in ("mean_delta", "delta", "ci_low", "ci_high", "p_value", "pct_change"):
+                if isinstance(row.get(field), int | float):
+                    flat[f"eval_delta/{name}/{score}/{field}"] = float(row[field])
+    return flat
+
+
+def per_video_table(report: dict, base: dict | None) -> list[dict]:
+    """One row per video; with a comparison, the base video and base/tuned/delta of each score,
+    matched by (prompt, seed)."""
+    base_videos = comparison.keyed_videos(base) if base else {}
+    paired = [(m, s) for m, scores in (report.get("comparison") or {}).items()
+              for s, row in scores.items() if row["kind"] == "paired"]
+    rows = []
+    for video in report["videos"]:
+        row = {key: video.get(key) for key in ("file", "prompt", "seed", "repeat")}
+        for metric, columns in video["scores"].items():
+            row.update({f"{metric}/{column}": value for column, value in columns.items()})
+        if base is not None:
+            match = base_videos.get(comparison.video_key(video), {})
+            row["base_file"] = match.get("file")
+            for metric, score in paired:
+                before = comparison.per_video_values(match, metric, score)
+                after = comparison.per_video_values(video, metric, score)
+                row[f"{metric}/{score} base"], row[f"{metric}/{score} tuned"] = before, after
+                row[f"{metric}/{score} delta"] = None if before is None or after is None else after - before
+        rows.append(row)
+    return rows
+
+
+def log_to_tracker(tracker, report: dict, role: str, base: dict | None) -> None:
+    tracker.log(wandb_scalars(report, role))
+    videos = {"video": ("file", Path(report["video_dir"]))}
+    if base is not None:
+        videos["base video"] = ("base_file", Path(base.get("video_dir") or Path(report["baseline"]) / "videos"))
+    tracker.log_table(f"{role}/videos", per_video_table(report, base), videos=videos)
+
+
 def evaluate_model(model, dataset, settings, out_dir: Path, *, fps: int, autocast=nullcontext,
-                   description: dict | None = None, baseline: str | None = None, tracker=None) -> dict:
-    """Generate ``settings.num_videos`` videos and score them against the dataset's clips."""
-    prompts = evaluation_prompts(settings, dataset)
-    videos01 = generate_videos(model, prompts, seed=settings.seed, num_inference_steps=settings.num_inference_steps,
+                   description: dict | None = None, baseline: str | None = None, tracker=None,
+                   plan: list[PlannedVideo] | None = None, role: str = "eval") -> dict:
+    """Generate the plan's videos and score them against the dataset's clips."""
+    plan = plan or evaluation_plan(settings, dataset)
+    prompts, seeds = [v.prompt for v in plan], [v.seed for v in plan]
+    videos01 = generate_videos(model, prompts, seeds=seeds, num_inference_steps=settings.num_inference_steps,
                                guidance_scale=settings.guidance_scale, autocast=autocast)
-    names = write_videos(videos01, prompts, out_dir / "videos", fps)
-    needs_reference = "fvd" in settings.metrics
-    reference = reference_clips(dataset, len(prompts)) if needs_reference and dataset is not None else None
-    return score_and_report(out_dir, videos=videos01 * 2 - 1, prompts=prompts, names=names, reference=reference,
-                            settings=settings, description=description or {}, baseline=baseline,
-                            video_dir=out_dir / "videos", tracker=tracker)
+    names = write_videos(videos01, prompts, out_dir / "videos", fps, seeds=seeds)
+    reference, reference_names = None, None
+    if ("fvd" in settings.metrics or AUTO in settings.metrics) and dataset is not None:
+        reference, reference_names = reference_clips(dataset, len(plan), settings.split)
+    return score_and_report(out_dir, videos=videos01 * 2 - 1, names=names, video_records=planned_videos(plan, names),
+                            reference=reference, reference_names=reference_names, settings=settings,
+                            description=description or {}, baseline=baseline, video_dir=out_dir / "videos",
+                            tracker=tracker, plan=plan, role=role)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from t2v_exp.comparison import compare
 from t2v_exp.data.video_io import write_video
+from t2v_exp.evaluation import summarize
 from t2v_exp.report import write_report
 
 from .conftest import REPO
@@ -22,27 +24,44 @@ from .conftest import REPO
 VIDEOS = ("000_a_red_circle_moving_right.mp4", "001_a_blue_square_bouncing.mp4")
 
 
-def eval_dir(path: Path, ssim: float, clip: float, baseline: dict | None = None) -> dict:
+def eval_dir(path: Path, ssim: tuple[float, float], clip: tuple[float, float], fvd: float | None = None) -> dict:
+    """metrics.json as the evaluator writes it (per-video record, summary with CIs), two videos."""
+    per_video = {"temporal": {"temporal_ssim": list(ssim), "temporal_psnr": [14.0, 14.4], "motion": [0.1, 0.2]},
+                 "clip_score": {"clip_sim": [c / 100 for c in clip], "clip_score": list(clip)}}
     metrics = {
-        "temporal": {"status": "ok", "temporal_ssim": ssim, "temporal_psnr": 14.2, "motion": 0.15,
+        "temporal": {"status": "ok", **{k: float(np.mean(v)) for k, v in per_video["temporal"].items()},
                      "protocol": {"pairs": "consecutive"}, "seconds": 0.1},
         "fvd": {"status": "skipped", "reason": "I3D weights not found", "fix": "set metrics.fvd.weights"},
-        "clip_score": {"status": "ok", "clip_sim": clip / 100, "clip_score": clip, "seconds": 2.0},
+        "clip_score": {"status": "ok", **{k: float(np.mean(v)) for k, v in per_video["clip_score"].items()},
+                       "seconds": 2.0},
     }
+    if fvd is not None:  # as the FVD metric reports itself: its own CI, flagged below 256 videos
+        metrics["fvd"] = {"status": "ok", "fvd": fvd, "fvd_ci": {"ci_low": fvd - 50, "ci_high": fvd + 50},
+                          "indicative_only": True, "protocol": {"num_videos": 2, "detector_sha256": "0" * 64}}
     report = {"mode": "run_dir", "model": "m", "dataset": "shapes", "num_videos": 2, "frames": 4,
-              "resolution": [16, 16], "metrics": metrics}
-    if baseline:  # the fine-tuned evaluation carries its own comparison, as the evaluator writes it
-        report["comparison"] = {"temporal": {"temporal_ssim": {"baseline": baseline["temporal"]["temporal_ssim"],
-                                                               "current": ssim}}}
+              "resolution": [16, 16], "seeds_per_prompt": 1, "num_prompts": 2, "metrics_requested": list(metrics),
+              "metric_settings": {}, "metrics": metrics,
+              "videos": [{"file": name, "prompt": name[4:-4], "seed": i,
+                          "scores": {m: {k: v[i] for k, v in cols.items()} for m, cols in per_video.items()}}
+                         for i, name in enumerate(VIDEOS)],
+              "reference": {"num_videos": 2, "names": ["validation[0]", "validation[1]"]},
+              "summary": summarize(metrics, per_video, 2)}
     path.mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps(report))
-    rng = np.random.default_rng(int(ssim * 100))
+    rng = np.random.default_rng(int(ssim[0] * 100))
     for name in VIDEOS:
         write_video(path / "videos" / name, rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), fps=8)
-    return metrics
+    return report
 
 
-def ok_job(sweep: Path, num: int, model: str, family: str, finetune: str, scores: tuple[float, float]) -> None:
+def pair(base: Path, tuned: Path) -> None:
+    """The fine-tuned evaluation carries its comparison with eval_base, made by the real comparison."""
+    before, after = (json.loads((p / "metrics.json").read_text()) for p in (base, tuned))
+    after["comparison"], after["comparison_protocol"] = compare(before, after)
+    (tuned / "metrics.json").write_text(json.dumps(after))
+
+
+def ok_job(sweep: Path, num: int, model: str, family: str, finetune: str, base: dict, tuned: dict) -> None:
     job = sweep / f"{num}_{model}_shapes"
     job.mkdir(parents=True)
     (job / "status.json").write_text(json.dumps({
@@ -56,8 +75,9 @@ def ok_job(sweep: Path, num: int, model: str, family: str, finetune: str, scores
     records = [{"step": s, "train/loss": 1.0 / (s + num), "train/lr": 1e-4, "train/peak_mem_mb": peak}
                for s, peak in ((1, 100.0), (2, 321.6), (3, 300.0))]
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    base = eval_dir(job / "eval_base", scores[0], 29.0)
-    eval_dir(job / "eval", scores[1], 31.0, baseline=base)
+    eval_dir(job / "eval_base", **base)
+    eval_dir(job / "eval", **tuned)
+    pair(job / "eval_base", job / "eval")
 
 
 def failed_job(sweep: Path) -> None:
@@ -73,9 +93,12 @@ def failed_job(sweep: Path) -> None:
 @pytest.fixture
 def sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
-    ok_job(root, 0, "modelscope_tiny", "modelscope", "lora", (0.50, 0.60))
+    # modelscope: every video +0.1 SSIM (a CI of the delta that excludes 0); CLIP +3 and -1 (one that does not)
+    ok_job(root, 0, "modelscope_tiny", "modelscope", "lora", dict(ssim=(0.45, 0.55), clip=(28.0, 30.0)),
+           dict(ssim=(0.55, 0.65), clip=(31.0, 29.0)))
     failed_job(root)
-    ok_job(root, 2, "animatediff_tiny", "animatediff", "full", (0.40, 0.30))
+    ok_job(root, 2, "animatediff_tiny", "animatediff", "full", dict(ssim=(0.35, 0.45), clip=(28.0, 30.0), fvd=600.0),
+           dict(ssim=(0.25, 0.35), clip=(31.0, 29.0), fvd=450.0))
     return root
 
 
@@ -95,9 +118,16 @@ def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
     assert ms["trainable params (% of base)"] == "22,528 (1.41%)"
     assert ms["peak mem (MB)"] == "322" and ms["final loss"] == "0.25" and ms["wall time"] == "2m 05s"
     assert list(ms)[:2] == ["job", "status"]
-    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 → 0.6 (+20.0%)"
-    assert ad["temporal/temporal_ssim base → tuned"] == "0.4 → 0.3 (-25.0%)"
-    assert ms["clip_score/clip_score base → tuned"] == "29 → 31 (+6.9%)"
+    # base [95% CI] → tuned [95% CI], then the paired delta with its CI, % change and Wilcoxon p
+    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]"
+    assert ms["temporal/temporal_ssim Δ [95% CI]"] == "+0.1 [+0.1, +0.1] (+20.0%), p=0.5"
+    assert ad["temporal/temporal_ssim Δ [95% CI]"] == "-0.1 [-0.1, -0.1] (-25.0%), p=0.5"
+    assert ms["clip_score/clip_score base → tuned"] == "29 [28, 30] → 30 [29, 31]"
+    assert ms["clip_score/clip_score Δ [95% CI]"] == "+1 [-1, +3] (+3.4%), p=1, no significant change"
+    # FVD: a set score with its own CIs, no p-value, flagged below 256 videos
+    assert ad["fvd/fvd base → tuned"] == "600 [550, 650] → 450 [400, 500] (indicative only)"
+    assert ad["fvd/fvd Δ [95% CI]"] == "-150 (-25.0%), indicative only (under 256 videos)"
+    assert ms["fvd/fvd base → tuned"] == "–"
     assert not any("seconds" in h or "protocol" in h for h in ms)  # bookkeeping, not scores
     assert ms["status"] == "ok"
     # <...> is backslash-escaped: a markdown viewer would swallow it as an HTML tag.
@@ -106,17 +136,34 @@ def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
     assert cog["temporal/temporal_ssim base → tuned"] == "–"
     assert "second line" not in text.split("## Protocol")[0]
     assert "2 videos of 4 frames at 16×16 px" in text
-    assert ("`fvd` skipped: I3D weights not found; fix: set metrics.fvd.weights "
-            "(0_modelscope_tiny_shapes, 2_animatediff_tiny_shapes)") in text
+    assert "`fvd` skipped: I3D weights not found; fix: set metrics.fvd.weights (0_modelscope_tiny_shapes)" in text
+    assert "95% percentile bootstrap CI over videos (1000 resamples, seed 0)" in text
+    assert "FVD from fewer than 256 videos is indicative only" in text and "paired by (prompt, seed)" in text
     assert "![Training loss](loss_curves.png)" in text
     assert result["jobs"] == 3 and result["ok"] == 2
+
+
+def test_a_refused_comparison_is_shown_instead_of_deltas(sweep):
+    tuned = sweep / "0_modelscope_tiny_shapes" / "eval" / "metrics.json"
+    report = json.loads(tuned.read_text())
+    del report["comparison"]
+    report["comparison_refused"] = {"message": "refusing to compare ...", "differences": [
+        {"field": "num_videos", "base": 2, "tuned": 3}, {"field": "fvd detector_sha256", "base": "a", "tuned": "b"}]}
+    tuned.write_text(json.dumps(report))
+    write_report(sweep, log_to_wandb=False)
+    text = (sweep / "report.md").read_text()
+    ms = markdown_table(text)[0]
+    assert ms["temporal/temporal_ssim Δ [95% CI]"] == "not compared: differs in num_videos, fvd detector_sha256"
+    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]"
+    assert "base vs fine-tuned not compared: differs in num_videos, fvd detector_sha256 (0_modelscope_tiny_shapes)" in text
 
 
 def test_html_table_videos_side_by_side_and_plots(sweep):
     write_report(sweep, log_to_wandb=False)
     page = (sweep / "report.html").read_text()
     assert "<table>" in page and page.count("<tr class='failed'>") == 1
-    assert "0.5 → 0.6 (+20.0%)" in page
+    assert "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]" in page and "no significant change" in page
+    assert "indicative only" in page
     # Text from job files is escaped, never markup.
     assert "&lt;try 9&gt;" in page and "<try 9>" not in page
     assert "<details><summary>1_cogvideox_tiny_shapes" in page  # the traceback, folded
@@ -182,6 +229,9 @@ def test_report_logs_a_wandb_table_offline(sweep, monkeypatch):
     assert len(table["data"]) == 3
     row = dict(zip(table["columns"], table["data"][0], strict=True))
     assert row["temporal/temporal_ssim % change"] == pytest.approx(20.0)
+    assert row["temporal/temporal_ssim base ci_low"] == pytest.approx(0.45)
+    assert row["temporal/temporal_ssim delta"] == pytest.approx(0.1) and row["temporal/temporal_ssim p"] == 0.5
+    assert row["clip_score/clip_score delta ci_low"] == pytest.approx(-1.0)
     assert row["peak_mem_mb"] == pytest.approx(321.6) and row["status"] == "ok"
 
 

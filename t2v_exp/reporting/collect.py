@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..comparison import indicative_only
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,20 @@ NOT_SCORES = {"seconds", "status"}
 # A job whose status.json still says "running" after the sweep ended was killed before it could
 # write its final status (OOM killer, SLURM time limit, Ctrl-C of the whole sweep).
 UNFINISHED = {"running", "incomplete", "unknown"}
+
+
+@dataclass
+class Score:
+    """One score of one evaluation: the value and, when the evaluation computed it, its 95% CI."""
+
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    indicative_only: bool = False  # FVD from fewer than 256 videos
+
+    @property
+    def has_ci(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
 
 
 @dataclass
@@ -43,8 +60,11 @@ class JobRow:
     peak_mem_mb: float | None = None
     final_loss: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
-    before: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> score -> value (eval_base)
-    after: dict[str, dict[str, float]] = field(default_factory=dict)  # same, fine-tuned (eval)
+    before: dict[str, dict[str, Score]] = field(default_factory=dict)  # metric -> score -> Score (eval_base)
+    after: dict[str, dict[str, Score]] = field(default_factory=dict)  # same, fine-tuned (eval)
+    # metric -> score -> the evaluator's paired (or set) delta row: mean_delta/delta, ci_low, ci_high, p_value, ...
+    deltas: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    refused: str | None = None  # why eval was not compared with eval_base (the differing fields)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it has no score
     protocol: dict[str, Any] = field(default_factory=dict)  # num_videos, frames, resolution
     videos: list[tuple[str, Path | None, Path | None]] = field(default_factory=list)  # name, base, tuned
@@ -79,21 +99,68 @@ def number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def scores(metrics: Any) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Numeric scores of every ok metric, and the reason of every skipped/failed one."""
-    found: dict[str, dict[str, float]] = {}
+def scores(metrics: Any, summary: Any = None) -> tuple[dict[str, dict[str, Score]], dict[str, str]]:
+    """Scores of every ok metric (from the summary, with CIs, when the evaluation wrote one; else
+    the entry's numbers), and the reason of every skipped/failed one."""
+    found: dict[str, dict[str, Score]] = {}
     skipped: dict[str, str] = {}
+    summary = summary if isinstance(summary, dict) else {}
     for name, entry in (metrics if isinstance(metrics, dict) else {}).items():
         if not isinstance(entry, dict):
             continue
         if entry.get("status") == "ok":
-            values = {k: number(v) for k, v in entry.items() if k not in NOT_SCORES}
-            found[name] = {k: v for k, v in values.items() if v is not None}
+            indicative = indicative_only(name, entry)
+            rows = summary.get(name) if isinstance(summary.get(name), dict) else None
+            found[name] = _summary_scores(rows, indicative) if rows else _entry_scores(entry, indicative)
         else:
             reason = _first_line(entry.get("reason") or entry.get("error")) or f"status {entry.get('status')!r}"
             fix = _first_line(entry.get("fix"))
             skipped[name] = f"{reason}; fix: {fix}" if fix else reason
     return found, skipped
+
+
+def _summary_scores(rows: dict, indicative: bool) -> dict[str, Score]:
+    found = {}
+    for score, row in rows.items():
+        value = number(row.get("value")) if isinstance(row, dict) else None
+        if value is not None:
+            found[score] = Score(value, number(row.get("ci_low")), number(row.get("ci_high")),
+                                 indicative or row.get("indicative_only") is True)
+    return found
+
+
+def _entry_scores(entry: dict, indicative: bool) -> dict[str, Score]:
+    found = {}
+    for key, raw in entry.items():
+        value = number(raw) if key not in NOT_SCORES else None
+        if value is None:
+            continue
+        ci = entry.get(f"{key}_ci")
+        ci = ci if isinstance(ci, dict) else {}
+        found[key] = Score(value, number(ci.get("ci_low")), number(ci.get("ci_high")), indicative)
+    return found
+
+
+DELTA_FIELDS = ("kind", "mean_delta", "delta", "ci_low", "ci_high", "p_value", "pct_change", "significant", "n",
+                "indicative_only")
+
+
+def deltas(comparison: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The evaluator's comparison rows (metric -> score -> row); rows of older formats are left out."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for metric, rows in (comparison if isinstance(comparison, dict) else {}).items():
+        for score, row in (rows if isinstance(rows, dict) else {}).items():
+            if isinstance(row, dict) and row.get("kind") in ("paired", "set"):
+                found.setdefault(metric, {})[score] = {k: row.get(k) for k in DELTA_FIELDS}
+    return found
+
+
+def refusal(report: dict) -> str | None:
+    refused = report.get("comparison_refused")
+    if not isinstance(refused, dict):
+        return None
+    fields = [str(d.get("field")) for d in refused.get("differences") or [] if isinstance(d, dict)]
+    return "differs in " + ", ".join(fields) if fields else _first_line(refused.get("message")) or "refused"
 
 
 def _first_line(text: Any) -> str | None:
@@ -186,15 +253,22 @@ def _read_evals(row: JobRow, directory: Path) -> None:
     for report, is_base in ((base, True), (tuned, False)):
         if report is None:
             continue
-        found, skipped = scores(report.get("metrics"))
+        found, skipped = scores(report.get("metrics"), report.get("summary"))
         if is_base:
             row.before = found
         else:
             row.after = found
+            row.deltas = deltas(report.get("comparison"))
+            row.refused = refusal(report)
         for name, reason in skipped.items():
             row.skipped.setdefault(name, reason)
         # Read base first, then fine-tuned: the fine-tuned protocol wins (they share it by construction).
-        row.protocol = {k: report.get(k) for k in ("num_videos", "frames", "resolution")}
+        row.protocol = {k: report.get(k) for k in ("num_videos", "frames", "resolution", "seeds_per_prompt",
+                                                   "num_prompts")}
+        bootstrap = next((s for rows in (report.get("summary") or {}).values() if isinstance(rows, dict)
+                          for s in rows.values() if isinstance(s, dict) and s.get("resamples")), None)
+        if bootstrap:
+            row.protocol["bootstrap"] = {k: bootstrap.get(k) for k in ("confidence", "resamples", "seed", "method")}
     # Base and fine-tuned files share names (same prompt, same seed): pair them by name, keeping
     # the unpaired ones so a job that died between the two evaluations still shows its samples.
     base_videos = {p.name: p for p in sorted((directory / "eval_base" / "videos").glob("*.mp4"))}
@@ -254,10 +328,15 @@ def pct_change(before: float | None, after: float | None) -> float | None:
 
 
 def prompt_label(file_name: str) -> str:
-    """``003_a_red_circle.mp4`` -> ``a red circle`` (the evaluator names files index_prompt-slug)."""
+    """``003_a_red_circle_seed3.mp4`` -> ``a red circle (seed 3)`` (the evaluator names files
+    index_prompt-slug_seed)."""
     stem = Path(file_name).stem
     head, _, rest = stem.partition("_")
-    return (rest if head.isdigit() and rest else stem).replace("_", " ")
+    text = rest if head.isdigit() and rest else stem
+    match = re.search(r"_seed(\d+)$", text)
+    if match:
+        return f"{text[:match.start()].replace('_', ' ')} (seed {match.group(1)})"
+    return text.replace("_", " ")
 
 
 def videos_by_prompt(rows: list[JobRow]) -> tuple[list[JobRow], list[tuple[str, dict[str, Path]]]]:

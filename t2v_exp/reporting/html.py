@@ -100,7 +100,7 @@ def render_html(rows: list[JobRow], plots: dict[str, Path | None], out_dir: Path
         "<h1>Sweep report</h1>",
         f"<p class='sub'>{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."
         + (f" Swept: <code>{esc(swept)}</code>." if swept else "")
-        + " Scores read <i>base → fine-tuned (% change)</i>.</p>",
+        + " Scores read <i>base [95% CI] → fine-tuned [95% CI]</i>, then <i>Δ [95% CI] (% change), p</i>.</p>",
         table_html(rows),
         "<h2>Protocol</h2><ul class='notes'>",
         *[f"<li>{_code_spans(esc(note))}</li>" for note in protocol_notes(rows)],

@@ -1,4 +1,4 @@
-"""report.md: one row per job, every score base → fine-tuned with % change, then the protocol."""
+"""report.md: one row per job, every score base → fine-tuned with CIs and the paired delta, then the protocol."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return groups
 
 
+INTERVALS = ("[a, b] = {confidence:.0%} {method} CI over videos ({resamples} resamples, seed {seed}); Δ = fine-tuned "
+             "minus base, paired by (prompt, seed), with the CI of the mean Δ and a Wilcoxon signed-rank p; "
+             "a CI containing 0 reads \"no significant change\". FVD and IS are set scores: their own CIs, no p.")
+
+
 def protocol_notes(rows: list[JobRow]) -> list[str]:
     """Plain-text notes (with `code` marks) on what was evaluated and what was skipped, and why."""
     notes = []
@@ -46,6 +51,17 @@ def protocol_notes(rows: list[JobRow]) -> list[str]:
             described.append((row.name, f"{p.get('num_videos', '?')} videos of {p.get('frames', '?')} frames at {size} px"))
     for text, jobs in grouped(described).items():
         notes.append(f"{text} ({', '.join(jobs)}); base and fine-tuned use the same prompts and seeds.")
+    boots = [(row.name, row.protocol["bootstrap"]) for row in rows if row.protocol.get("bootstrap")]
+    for text, jobs in grouped([(name, INTERVALS.format(**b)) for name, b in boots]).items():
+        notes.append(f"{text} ({', '.join(jobs)})")
+    refused = [(row.name, f"base vs fine-tuned not compared: {row.refused}") for row in rows if row.refused]
+    for text, jobs in grouped(refused).items():
+        notes.append(f"{text} ({', '.join(jobs)}); see `eval/metrics.json` `comparison_refused`")
+    flagged = [row.name for row in rows if any(s.indicative_only for side in (row.before, row.after)
+                                              for scores in side.values() for s in scores.values())]
+    if flagged:
+        notes.append(f"FVD from fewer than 256 videos is indicative only: its small-sample bias is of the order of "
+                     f"the differences it would show ({', '.join(flagged)}).")
     skipped = [(row.name, f"`{metric}` skipped: {reason}") for row in rows for metric, reason in row.skipped.items()]
     for text, jobs in grouped(skipped).items():
         notes.append(f"{text} ({', '.join(jobs)})")
@@ -58,7 +74,7 @@ def render_markdown(rows: list[JobRow], plots: dict[str, str | None], sweep: dic
     lines = ["# Sweep report", "", f"{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."]
     if sweep:
         lines.append("Swept: " + "; ".join(f"`{k}={v}`" for k, v in sweep.items()) + ".")
-    lines += ["", *md_table(rows), "", "Scores read `base → fine-tuned (% change)`.", "", "## Protocol", "",
+    lines += ["", *md_table(rows), "", "Scores read `base [95% CI] → fine-tuned [95% CI]`, then `Δ [95% CI] (% change), p`.", "", "## Protocol", "",
               *(f"- {escape_md(note)}" for note in protocol_notes(rows))]
     failed = [row for row in rows if not row.ok]
     if failed:

@@ -1,4 +1,4 @@
-"""PNG plots: loss curves of all jobs on one chart, metric bars base vs fine-tuned.
+"""PNG plots: loss curves of all jobs on one chart, metric bars base vs fine-tuned (95% CI whiskers).
 
 Each function returns the written path, or None when there is nothing to plot (the report then
 says the plot was skipped instead of showing an empty chart).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .collect import JobRow, metric_columns, pct_change
+from .collect import JobRow, Score, metric_columns, pct_change
 
 BASE_COLOR, TUNED_COLOR = "#9aa7b8", "#2f6fb5"
 
@@ -59,6 +59,19 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
     return path
 
 
+def _values(scores: list[Score | None]) -> list[float]:
+    return [math.nan if s is None else s.value for s in scores]
+
+
+def _errors(scores: list[Score | None]):
+    """Asymmetric error bars from the 95% CIs (zero-length where an evaluation has none)."""
+    if not any(s is not None and s.has_ci for s in scores):
+        return None
+    low = [s.value - s.ci_low if s is not None and s.has_ci else 0.0 for s in scores]
+    high = [s.ci_high - s.value if s is not None and s.has_ci else 0.0 for s in scores]
+    return [low, high]
+
+
 def metric_bars(rows: list[JobRow], path: Path) -> Path | None:
     jobs = [r for r in rows if r.before or r.after]
     pairs = metric_columns(jobs)
@@ -75,17 +88,21 @@ def metric_bars(rows: list[JobRow], path: Path) -> Path | None:
         positions = list(range(len(jobs)))
         before = [r.before.get(metric, {}).get(key) for r in jobs]
         after = [r.after.get(metric, {}).get(key) for r in jobs]
-        ax.bar([p - width / 2 for p in positions], [math.nan if v is None else v for v in before], width,
+        ax.bar([p - width / 2 for p in positions], _values(before), width, yerr=_errors(before), capsize=3,
                label="base", color=BASE_COLOR)
-        bars = ax.bar([p + width / 2 for p in positions], [math.nan if v is None else v for v in after], width,
+        bars = ax.bar([p + width / 2 for p in positions], _values(after), width, yerr=_errors(after), capsize=3,
                       label="fine-tuned", color=TUNED_COLOR)
-        for bar, b, a in zip(bars, before, after, strict=True):
-            change = pct_change(b, a)
+        for bar, row, b, a in zip(bars, jobs, before, after, strict=True):
+            delta = row.deltas.get(metric, {}).get(key) or {}
+            change = delta.get("pct_change") if delta else pct_change(b.value if b else None, a.value if a else None)
             if change is not None:
-                ax.annotate(f"{change:+.0f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                # "n.s.": the paired CI of the delta contains 0, however large the bars' gap looks.
+                label = f"{change:+.0f}%" + (" n.s." if delta.get("kind") == "paired" and not delta["significant"] else "")
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+        flagged = any(s is not None and s.indicative_only for s in (*before, *after))
         ax.set_xticks(positions, [names[r.name] for r in jobs], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{metric} / {key}", fontsize=9)
+        ax.set_title(f"{metric} / {key}" + (" (indicative only)" if flagged else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.15)  # room for the % labels
     for ax in list(axes.flat)[len(pairs):]:

@@ -1,11 +1,17 @@
-"""The comparison table, defined once: markdown, HTML and W&B all render these columns."""
+"""The comparison table, defined once: markdown, HTML and W&B all render these columns.
+
+Per score two cells: ``base [95% CI] → tuned [95% CI]`` and the evaluator's paired delta
+``Δ [95% CI] (%), p`` ("no significant change" when the CI contains 0). FVD from fewer than 256
+videos reads "indicative only" wherever it is shown.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .collect import JobRow, metric_columns, pct_change
+from ..comparison import verdict
+from .collect import JobRow, Score, metric_columns, pct_change
 
 DASH = "–"  # an empty cell: the job never produced the value
 STATUS = "status"
@@ -43,14 +49,40 @@ def fmt_gpu_hours(row: JobRow) -> str:
     return f"{fmt(row.gpu_hours, 3)}{device}" if row.gpu_hours is not None else DASH
 
 
+def fmt_score(score: Score | None) -> str:
+    if score is None:
+        return DASH
+    return fmt(score.value) + (f" [{fmt(score.ci_low)}, {fmt(score.ci_high)}]" if score.has_ci else "")
+
+
 def score_cell(row: JobRow, metric: str, key: str) -> str:
     before = row.before.get(metric, {}).get(key)
     after = row.after.get(metric, {}).get(key)
     if before is None and after is None:
         return DASH
-    change = pct_change(before, after)
-    suffix = f" ({change:+.1f}%)" if change is not None else ""
-    return f"{fmt(before)} → {fmt(after)}{suffix}"
+    flagged = any(s is not None and s.indicative_only for s in (before, after))
+    return f"{fmt_score(before)} → {fmt_score(after)}" + (" (indicative only)" if flagged else "")
+
+
+def signed(value: float | None) -> str:
+    return DASH if value is None else f"{value:+.4g}"
+
+
+def delta_cell(row: JobRow, metric: str, key: str) -> str:
+    """The evaluator's delta; failing that, why there is none, or the plain % change of old files."""
+    delta = row.deltas.get(metric, {}).get(key)
+    if delta is None:
+        if row.refused and row.after.get(metric, {}).get(key):
+            return f"not compared: {row.refused}"
+        before, after = row.before.get(metric, {}).get(key), row.after.get(metric, {}).get(key)
+        change = pct_change(before.value if before else None, after.value if after else None)
+        return f"({change:+.1f}%)" if change is not None else DASH
+    pct = f" ({delta['pct_change']:+.1f}%)" if delta.get("pct_change") is not None else ""
+    if delta.get("kind") == "set":
+        return f"{signed(delta.get('delta'))}{pct}, {verdict(delta)}"
+    p_value = DASH if delta.get("p_value") is None else f"{delta['p_value']:.3g}"
+    return (f"{signed(delta.get('mean_delta'))} [{signed(delta.get('ci_low'))}, {signed(delta.get('ci_high'))}]"
+            f"{pct}, p={p_value}" + ("" if delta.get("significant") else ", no significant change"))
 
 
 def status_text(row: JobRow) -> str:
@@ -79,9 +111,14 @@ def columns(rows: list[JobRow]) -> list[Column]:
         Column("peak mem (MB)", lambda r: fmt(round(r.peak_mem_mb)) if r.peak_mem_mb is not None else DASH),
         Column("final loss", lambda r: fmt(r.final_loss)),
     ]
-    scores = [Column(f"{m}/{k} base → tuned", lambda r, m=m, k=k: score_cell(r, m, k))
-              for m, k in metric_columns(rows)]
+    scores = [column for m, k in metric_columns(rows) for column in (
+        Column(f"{m}/{k} base → tuned", lambda r, m=m, k=k: score_cell(r, m, k)),
+        Column(f"{m}/{k} Δ [95% CI]", lambda r, m=m, k=k: delta_cell(r, m, k)))]
     return [*fixed, *scores]
+
+
+WANDB_SCORE_FIELDS = ("base", "base ci_low", "base ci_high", "tuned", "tuned ci_low", "tuned ci_high",
+                      "delta", "delta ci_low", "delta ci_high", "p", "% change")
 
 
 def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
@@ -90,7 +127,7 @@ def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
     header = ["job", "model", "family", "dataset", "finetune", "lora_rank", "trainable_params", "trainable_pct",
               "wall_time_s", "gpu_hours", "peak_mem_mb", "final_loss"]
     for m, k in pairs:
-        header += [f"{m}/{k} base", f"{m}/{k} tuned", f"{m}/{k} % change"]
+        header += [f"{m}/{k} {field}" for field in WANDB_SCORE_FIELDS]
     header += ["status", "error"]
     data = []
     for r in rows:
@@ -98,6 +135,20 @@ def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
                 r.wall_time_s, r.gpu_hours, r.peak_mem_mb, r.final_loss]
         for m, k in pairs:
             before, after = r.before.get(m, {}).get(k), r.after.get(m, {}).get(k)
-            line += [before, after, pct_change(before, after)]
+            delta = r.deltas.get(m, {}).get(k) or {}
+            change = delta.get("pct_change")
+            if change is None and not delta:
+                change = pct_change(before.value if before else None, after.value if after else None)
+            line += [*_score_cells(before), *_score_cells(after),
+                     _first_number(delta.get("mean_delta"), delta.get("delta")), delta.get("ci_low"), delta.get("ci_high"),
+                     delta.get("p_value"), change]
         data.append([*line, r.status, r.error])
     return header, data
+
+
+def _score_cells(score: Score | None) -> list[float | None]:
+    return [None, None, None] if score is None else [score.value, score.ci_low, score.ci_high]
+
+
+def _first_number(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
