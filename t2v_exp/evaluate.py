@@ -50,10 +50,17 @@ def adopt_run_config(cfg: DictConfig) -> Path:
     if not saved.is_file():
         raise FileNotFoundError(f"run_dir={run_dir}: no config.yaml (is this a t2v_exp training run dir?)")
     run_cfg = OmegaConf.load(saved)
+    from .models.registry import family_modules
+
+    family = run_cfg.model.get("family")
+    families = family_modules()
+    if family not in families:
+        raise FileNotFoundError(f"run_dir={run_dir}: its config names model.family={family}, which no "
+                                f"t2v_exp family module declares (known: {sorted(families)})")
     with open_dict(cfg):
-        # model is typed (same schema, every field saved): merge validates it; dataset is untyped
-        # at the top level, so it is replaced whole (a different dataset has different keys).
-        cfg.merge_with({"model": run_cfg.model})
+        # The run's own family schema types its model (the composed default may be another family,
+        # with other keys); the dataset is untyped at the top level, so it is replaced whole.
+        cfg.model = OmegaConf.merge(OmegaConf.structured(families[family].Config), run_cfg.model)
         cfg.dataset = run_cfg.dataset
     if cfg.checkpoint:
         return Path(cfg.checkpoint).expanduser()

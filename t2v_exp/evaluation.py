@@ -25,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import comparison
-from .engine.validation import slug, to_uint8_frames
 from .metrics import stats
 from .metrics.suite import MetricsSettings, compute_metrics
+from .sampling import generate_videos, slug, write_videos  # noqa: F401 - re-exported for callers
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -90,43 +90,6 @@ def reference_clips(dataset, count: int, split: str = "validation") -> tuple[tor
 
 
 @torch.no_grad()
-def generate_videos(model, prompts: list[str], *, seed: int = 0, num_inference_steps: int, guidance_scale: float,
-                    autocast=nullcontext, seeds: list[int] | None = None) -> torch.Tensor:
-    """Video i from ``seeds[i]`` (default ``seed + i``): the same prompt gets the same noise whatever
-    the model or batch."""
-    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
-    videos = []
-    denoiser = model.denoiser
-    was_training = denoiser.training
-    denoiser.eval()
-    try:
-        for prompt, video_seed in tqdm(list(zip(prompts, seeds, strict=True)), desc="generate", unit="video"):
-            generator = torch.Generator().manual_seed(video_seed)
-            with autocast():
-                video = model.generate([prompt], num_inference_steps=num_inference_steps,
-                                       guidance_scale=guidance_scale, generator=generator)[0]
-            videos.append(video)
-    finally:
-        denoiser.train(was_training)
-    return torch.stack(videos)  # [N, F, C, H, W] in [0, 1]
-
-
-def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps: int,
-                 seeds: list[int] | None = None) -> list[str]:
-    """Files named ``<index>_<prompt slug>[_seed<seed>].mp4``; the index is zero-padded so the
-    sorted file order is the generation order."""
-    from .data.video_io import write_video
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    width = max(3, len(str(len(prompts) - 1)))
-    names = []
-    for i, (video, prompt) in enumerate(zip(videos01, prompts, strict=True)):
-        name = f"{i:0{width}d}_{slug(prompt)}" + (f"_seed{seeds[i]}" if seeds is not None else "") + ".mp4"
-        write_video(out_dir / name, to_uint8_frames(video).numpy(), fps=fps)
-        names.append(name)
-    return names
-
-
 def load_video_folder(folder: str | Path, *, num_frames: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """Every video file of a folder (sorted), at the first file's size and the shortest length;
     returns the clips and their file names."""
