@@ -1,8 +1,20 @@
 """Exceptions that carry a user-facing message (the CLI prints them without a traceback)."""
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Something the user can fix; the message says what and how. Printed without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting is wrong; the message names the key, the bad value and a valid one."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint cannot be used: a file of it is damaged, or it belongs to another experiment."""
+
+
+class RunDirLockedError(UserError, RuntimeError):
+    """Another live process is already training into this run directory."""
 
 
 def nearest_multiples(value: int, multiple: int) -> str:

@@ -1,7 +1,9 @@
 """Training entrypoint: ``python -m t2v_exp.train [group=option ...] [key=value ...]``.
 
 Compose the config -> build the run -> train -> finish. Everything lands in Hydra's run dir.
-In a multirun, a failing job records its error in ``status.json`` and the sweep goes on.
+In a multirun, a failing job records its error in ``status.json`` and the sweep goes on (the
+command exits non-zero when every job failed). A run whose ``status.json`` could not be written
+(full disk) exits non-zero too, even when training itself succeeded.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import ConfigError
+from .errors import UserError
 from .models.common import CheckpointNotAvailableError
 
 log = logging.getLogger("t2v_exp.train")
-USER_ERRORS = (ConfigError, CheckpointNotAvailableError, FileNotFoundError)
+USER_ERRORS = (UserError, CheckpointNotAvailableError, FileNotFoundError)
 
 
 def _user_errors():
@@ -39,13 +41,17 @@ def main(cfg: DictConfig) -> float | None:
     quiet_non_main_ranks()
     pinned = pin_one_gpu_per_job()  # before anything touches CUDA
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    lock = lock_run_dir(run_dir)  # before status.json: a second process must not overwrite the first's
+    if lock is None:
+        return None
     status = JobStatus(run_dir, cfg)
     try:
         from .engine.trainer import run_training
 
-        summary = run_training(cfg, run_dir)
+        summary = run_training(cfg, run_dir, lock)
     except BaseException as raised:
         exc = user_facing(raised)
+        # A failed write is logged and leaves the last good status.json; the exit stays non-zero below.
         status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc,
                      {"gpu": pinned})
         signum = getattr(exc, "signum", None)
@@ -61,12 +67,35 @@ def main(cfg: DictConfig) -> float | None:
             raise SystemExit(f"error: {exc}") from None
         raise
     finally:
+        lock.release()
         gc.collect()  # free the job's models before the next job of a sequential sweep
         _empty_cuda_cache()
-    status.write("ok", extra={"final_loss": summary.get("final_loss"), "objective": summary.get("objective"),
-                              "gpu": pinned})
+    recorded = status.write("ok", extra={"final_loss": summary.get("final_loss"),
+                                         "objective": summary.get("objective"), "gpu": pinned})
     log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
+    if not recorded and not is_multirun():  # schedulers and scripts must not read "running" as success
+        raise SystemExit(f"error: training finished (weights in {run_dir}), but {status.path} could not be "
+                         f"written (disk full?); it still says an earlier status")
     return summary.get("objective")
+
+
+def lock_run_dir(run_dir: Path):
+    """The run dir's lock (rank 0; other ranks get a no-op lock), or None after logging why not in
+    a multirun, where the other jobs go on; a single run exits with the message."""
+    from .engine.checkpoint import RunDirLock
+    from .errors import RunDirLockedError
+    from .sweep import is_multirun
+
+    lock = RunDirLock(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return lock
+    try:
+        return lock.acquire()
+    except RunDirLockedError as exc:
+        if is_multirun():
+            log.error("Job skipped: %s", exc)
+            return None
+        raise SystemExit(f"error: {exc}") from None
 
 
 def user_facing(exc: BaseException) -> BaseException:

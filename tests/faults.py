@@ -52,3 +52,23 @@ class CrashingClips(PoisonedClips):
 
             os.kill(os.getpid(), signal.SIGKILL)
         return super().__getitem__(index)
+
+
+class DiskFillsUp(PoisonedClips):
+    """Reading item ``full_at`` fills the disk: from then on every file write beyond ``limit_bytes``
+    fails (RLIMIT_FSIZE, with SIGXFSZ ignored so the write returns EFBIG), then the item raises.
+    Run it only in a subprocess: the limit stays for the rest of the process."""
+
+    def __init__(self, *, full_at: int, limit_bytes: int, **kwargs):
+        super().__init__(nan_epochs=[], **kwargs)
+        self.full_at, self.limit_bytes = full_at, limit_bytes
+
+    def __getitem__(self, index: int) -> dict:
+        if index == self.full_at:
+            import resource
+            import signal
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            raise OSError(28, "No space left on device (injected by tests.faults.DiskFillsUp)")
+        return super().__getitem__(index)

@@ -115,3 +115,86 @@ def test_unreachable_hub_id_says_what_to_download(compose_train, monkeypatch):
         resolve_and_validate(cfg.model, cfg.paths.cache_dir)
     message = str(info.value)
     assert "huggingface-cli download THUDM/CogVideoX-2b-not-cached" in message and "model.pretrained=" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset=video_folder", "dataset.frame_stride=-2"], "dataset.frame_stride=-2 must be >= 1"),
+        (["dataset=video_folder", "dataset.frame_stride=0"], "dataset.frame_stride=0 must be >= 1"),
+        (["train.log_every=0"], "train.log_every=0 must be >= 1"),
+        (["train.stop_after_steps=-1"], "train.stop_after_steps=-1 must be >= 0"),
+        (["validation.num_videos=-1"], "validation.num_videos=-1 must be >= 0"),
+        (["train.max_grad_norm=nan"], "train.max_grad_norm=nan must be a finite number >= 0.0"),
+        (["train.max_grad_norm=-1"], "train.max_grad_norm=-1.0 must be a finite number >= 0.0"),
+        (["train.checkpoint_every=-1"], "train.checkpoint_every=-1 must be >= 0"),
+        (["train.validate_every=-5"], "train.validate_every=-5 must be >= 0"),
+        (["dataset=video_folder", "dataset.max_bad_fraction=nan"], "dataset.max_bad_fraction=nan must be in [0, 1]"),
+        (["dataset=video_folder", "dataset.max_bad_fraction=-1"], "dataset.max_bad_fraction=-1.0 must be in [0, 1]"),
+        (["dataset=video_folder", "dataset.max_bad_fraction=1.5"], "dataset.max_bad_fraction=1.5 must be in [0, 1]"),
+        (["+foo=1"], "Unknown key foo=1"),
+        (["+optimizer.momentum=0.9"], "Unknown key optimizer.momentum=0.9"),
+        (["+model.lora.rnak=8"], "did you mean model.lora.rank?"),
+        (["+dataset.colour=red"], "Unknown key dataset.colour=red"),
+        (["seed=-1"], "seed=-1 must be in [0, 4294967295]"),
+        (["seed=4294967296"], "seed=4294967296 must be in [0, 4294967295]"),
+        (["optimizer.lr=0"], "optimizer.lr=0.0 must be a finite number > 0"),
+        (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number > 0"),
+        (["optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+        (["optimizer.betas=[-0.1,0.9]"], "optimizer.betas=[-0.1, 0.9] must be two numbers in [0, 1)"),
+        (["optimizer.eps=0"], "optimizer.eps=0.0 must be a finite number > 0"),
+        (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1 must be a finite number >= 0.0"),
+        (["model.lora.dropout=2"], "model.lora.dropout=2.0 must be in [0, 1)"),
+        (["model.lora.dropout=1"], "model.lora.dropout=1.0 must be in [0, 1)"),
+        (["model.num_frames=100000"], "model.num_frames=100000 is more than modelscope takes here (at most 1024)"),
+        (["model=cogvideox_tiny", "model.num_frames=100001"], "model.num_frames=100001 is more than cogvideox"),
+        (["model.height=10240"], "model.height=10240 is more than modelscope takes here (at most 4096 pixels)"),
+        (["model.width=8192"], "model.width=8192 is more than modelscope"),
+        (["dataset=video_folder", "dataset.buckets=[[2048,32,32]]"], "dataset.buckets[0]=[2048, 32, 32]: num_frames"),
+    ],
+)
+def test_silently_wrong_settings_fail_naming_the_key_value_and_a_valid_one(compose_train, overrides, message):
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg, cuda_available=False)
+    assert message in str(info.value)
+    assert "e.g." in str(info.value) or "valid keys" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["validation.num_videos=0"], ["train.max_grad_norm=0"], ["train.stop_after_steps=0"], ["seed=0"],
+    ["seed=4294967295"], ["dataset=video_folder", "dataset.frame_stride=2"], ["dataset=video_folder",
+                                                                             "dataset.max_bad_fraction=1"],
+    ["+evaluation.metric_settings.clip_score.model=/models/ViT-B-32.pt"], ["model.lora.dropout=0.05"],
+])
+def test_edge_values_that_mean_something_pass(compose_train, overrides):
+    validate(compose_train(overrides), cuda_available=False)
+
+
+def test_every_preset_declares_only_schema_keys(compose_train):
+    from t2v_exp.config import unknown_keys
+
+    for group in ("experiment", "dataset", "model"):
+        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+            assert unknown_keys(compose_train([f"{group}={option}"])) == [], (group, option)
+
+
+@pytest.mark.parametrize("bad", ["train.log_every=0", "seed=-1", "optimizer.betas=[0.9,1.5]", "model.lora.dropout=2",
+                                 "+optimizer.foo=1", "model.num_frames=100000"])
+def test_bad_settings_fail_before_any_model_loads(bad, compose_train, tmp_path):
+    """A checkpoint that does not exist would fail the load: the setting must be refused first."""
+    from t2v_exp.engine.trainer import run_training
+
+    cfg = compose_train(["logger=none", f"model.pretrained={tmp_path}/no-such-checkpoint", bad], tmp_path / "run")
+    with pytest.raises(ConfigError) as info:
+        run_training(cfg, tmp_path / "run")
+    assert bad.lstrip("+").split("=")[0] in str(info.value)
+
+
+def test_no_validation_videos_trains_and_exports(compose_train, tmp_path):
+    from t2v_exp.engine.trainer import run_training
+
+    summary = run_training(compose_train(["logger=none", "train.max_steps=1", "validation.num_videos=0",
+                                          "dataset.num_videos=4"], tmp_path), tmp_path)
+    assert summary["finished"] and (tmp_path / "final" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (tmp_path / "samples").exists()

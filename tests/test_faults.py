@@ -215,3 +215,33 @@ def test_sigkill_during_a_checkpoint_write_then_resume(tmp_path):
     assert caught_staging, "never saw a checkpoint being written"
     assert any(p.name.startswith(".tmp-") for p in root.iterdir())  # the half-written one is still there
     assert_resume_matches(command, killed, straight, tmp_path / "resumed", 20)
+
+
+DISK_FILLS_UP = """\
+_target_: tests.faults.DiskFillsUp
+name: disk_fills_up
+num_videos: 4
+num_frames: ${model.num_frames}
+height: ${model.height}
+width: ${model.width}
+full_at: 2
+limit_bytes: 512   # the "failed" record (error + traceback) is larger: its write fails
+"""
+
+
+def test_status_json_survives_a_full_disk(tmp_path):
+    """The disk fills up mid-run: the failed status cannot be written, so status.json must keep the
+    last good one whole (no half-written file, no stray temporary file) and the exit is non-zero."""
+    conf = tmp_path / "conf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "disk_fills_up.yaml").write_text(DISK_FILLS_UP)
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [*train_cli("train.max_steps=8", "dataset=disk_fills_up"), f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+         f"hydra.run.dir={run_dir}"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr  # Hydra's console log goes to stdout
+    assert "No space left on device (injected" in output
+    assert f"Could not record status 'failed' in {run_dir / 'status.json'}" in output
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    assert [p.name for p in run_dir.iterdir() if "tmp" in p.name] == []

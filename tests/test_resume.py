@@ -42,5 +42,12 @@ def test_resumed_run_repeats_the_uninterrupted_one(model, compose_train, tmp_pat
 
 def test_resume_latest_without_checkpoints_explains(compose_train, tmp_path):
     run_dir = tmp_path / "outputs" / "2026_x_modelscope_tiny_shapes"
-    with pytest.raises(FileNotFoundError, match="resume=latest: no complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="resume=latest: no complete checkpoint.*resume=auto"):
         run_training(compose_train([*COMMON, "resume=latest"], run_dir=run_dir), run_dir)
+
+
+def test_resume_auto_without_checkpoints_starts_fresh(compose_train, tmp_path):
+    """A requeue script's first attempt, or one killed before its first checkpoint."""
+    run_dir = tmp_path / "outputs" / "2026_x_modelscope_tiny_shapes"
+    summary = run_training(compose_train([*COMMON, "train.max_steps=2", "resume=auto"], run_dir=run_dir), run_dir)
+    assert summary["resumed_from"] is None and summary["step"] == 2 and summary["finished"]

@@ -63,3 +63,14 @@ def test_config_error_exits_nonzero_with_the_message(tmp_path):
 def test_unknown_model_lists_choices(tmp_path):
     result = run_train("model=cogvidex", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode != 0 and "cogvideox_tiny" in result.stderr
+
+
+def test_a_sweep_whose_every_job_failed_exits_nonzero(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    # Neither frame count is 4k+1: both CogVideoX jobs fail at validation, before anything loads.
+    result = run_train("-m", "model=cogvideox_tiny", "model.num_frames=10,14", "logger=none",
+                       f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode != 0
+    assert "every job of the sweep failed (0_cogvideox_tiny_shapes: failed, 1_cogvideox_tiny_shapes: failed)" in \
+        result.stderr
+    assert (sweep_dir / "report.md").is_file()  # the report is still written first

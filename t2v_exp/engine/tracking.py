@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 SECRET_KEY = re.compile(r"(_TOKEN|_KEY|SECRET|PASSWORD)", re.IGNORECASE)
+# `key=value` text (an override, a log line) whose key looks like a credential: +hf_token=..., logger.api_key=...
+CREDENTIAL_ASSIGNMENT = re.compile(r"(?<![\w.])([+~]*[\w.-]*(?:token|key|secret|password)[\w.-]*=)([^\s,'\"\]]+)",
+                                   re.IGNORECASE)
 REDACTED = "***"
 
 
@@ -33,6 +38,26 @@ def redact(value: Any, secrets: list[str] | None = None) -> Any:
     return value
 
 
+def redact_text(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with secret values and the values of credential-like ``key=value`` pairs masked."""
+    text = CREDENTIAL_ASSIGNMENT.sub(lambda match: match.group(1) + REDACTED, text)
+    for secret in secret_values() if secrets is None else secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+@contextlib.contextmanager
+def masked_argv():
+    """W&B records ``sys.argv`` in its run metadata while ``wandb.init`` runs: mask the overrides'
+    credentials there for that moment (``logger.name=run-$HF_TOKEN``, ``+hf_token=...``)."""
+    saved = sys.argv
+    sys.argv = [redact_text(arg) for arg in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
@@ -51,7 +76,8 @@ class Tracker:
     """Writes every logged record to ``metrics.jsonl`` and mirrors it to W&B when enabled."""
 
     def __init__(self, run_dir: Path, *, logger_cfg, config: dict, job_type: str = "train",
-                 enabled: bool = True, extra_tags: list[str] | None = None):
+                 enabled: bool = True, extra_tags: list[str] | None = None, run_id: str | None = None):
+        """``run_id``: continue that W&B run (a resumed training run keeps its W&B run)."""
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.run = None
@@ -61,20 +87,22 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - lives for the run
         if logger_cfg.backend == "wandb" and str(getattr(logger_cfg.mode, "value", logger_cfg.mode)) != "disabled":
-            self.run = self._start_wandb(logger_cfg, redact(config), job_type, extra_tags or [])
+            self.run = self._start_wandb(logger_cfg, redact(config), job_type, extra_tags or [], run_id)
 
-    def _start_wandb(self, logger_cfg, config: dict, job_type: str, extra_tags: list[str]):
+    def _start_wandb(self, logger_cfg, config: dict, job_type: str, extra_tags: list[str], run_id: str | None):
         import wandb
 
         wandb_dir = self.run_dir  # W&B puts its own "wandb/" folder inside this directory
         mode = wandb_mode(str(getattr(logger_cfg.mode, "value", logger_cfg.mode)))
         tags = redact(list(dict.fromkeys([*(logger_cfg.tags or []), *extra_tags])))
-        run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, group=redact(logger_cfg.group),
-            tags=tags, name=redact(logger_cfg.name or self.run_dir.name), job_type=job_type,
-            dir=str(wandb_dir), mode=mode, config=config, reinit="finish_previous",
-            settings=wandb.Settings(console="off", silent=True),
-        )
+        with masked_argv():
+            run = wandb.init(
+                project=logger_cfg.project, entity=logger_cfg.entity, group=redact(logger_cfg.group),
+                tags=tags, name=redact(logger_cfg.name or self.run_dir.name), job_type=job_type,
+                dir=str(wandb_dir), mode=mode, config=config, reinit="finish_previous",
+                id=run_id, resume="allow" if run_id else None,
+                settings=wandb.Settings(console="off", silent=True),
+            )
         log.info("W&B run %s (%s) in %s", run.id, mode, wandb_dir / "wandb")
         return run
 
@@ -94,16 +122,25 @@ class Tracker:
 
         self.run.log({f"samples/{k}": wandb.Video(str(p), format="mp4") for k, p in videos.items()}, step=step)
 
-    def log_table(self, key: str, rows: list[dict], *, video_dir: Path, video_column: str) -> None:
-        """A W&B table, one row per video, the video itself playable in the row."""
+    def log_table(self, key: str, rows: list[dict], *, videos: dict[str, tuple[str, Path]]) -> None:
+        """A W&B table, one row per video, the videos themselves playable in the row.
+
+        ``videos``: table column -> (row field holding a file name, folder of that file), e.g.
+        {"video": ("file", eval/videos), "base video": ("base_file", eval_base/videos)}; a row whose
+        file is missing gets an empty cell instead of failing the whole table.
+        """
         if self.run is None or not rows:
             return
         import wandb
 
-        columns = ["video", *rows[0].keys()]
-        table = wandb.Table(columns=columns)
+        fields = list(dict.fromkeys(field for row in rows for field in row))
+        table = wandb.Table(columns=[*videos, *fields])
         for row in rows:
-            table.add_data(wandb.Video(str(video_dir / row[video_column]), format="mp4"), *row.values())
+            cells = []
+            for field, folder in videos.values():
+                path = Path(folder) / str(row.get(field)) if row.get(field) else None
+                cells.append(wandb.Video(str(path), format="mp4") if path is not None and path.is_file() else None)
+            table.add_data(*cells, *(row.get(field) for field in fields))
         self.run.log({key: table})
 
     def summary(self, values: dict[str, Any]) -> None:

@@ -22,17 +22,25 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import config as config_schema
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import resolve_and_validate
 from ..models.common import mixed_precision_dtype
 from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import (
+    DamagedCheckpoint,
+    RunDirLock,
     TrainState,
-    find_resume_checkpoint,
+    differences,
+    find_resume_checkpoints,
+    fingerprint,
+    flat_settings,
     list_checkpoints,
     load_checkpoint,
+    no_checkpoint_error,
+    read_state,
     restore_rng_state,
     save_checkpoint,
+    unusable,
 )
 from .optim import build_lr_scheduler
 from .tracking import Tracker, redact
@@ -193,13 +201,17 @@ class StepSettings:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, lock: RunDirLock | None = None):
+        """``lock``: the caller already holds ``run_dir``'s lock (the CLI takes it before writing
+        status.json); otherwise ``setup`` takes it and ``close`` releases it."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.grad_norm = float("nan")  # of the last applied update
         self.update_skipped = False
         self.nonfinite_in_a_row = 0
+        self.lock = lock
+        self._own_lock: RunDirLock | None = None
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -210,6 +222,8 @@ class Trainer:
         config_schema.validate(cfg)
         self.settings = StepSettings.from_config(cfg)
         require_writable(self.run_dir)
+        if self.lock is None and int(os.environ.get("RANK", "0")) == 0:  # the ranks share rank 0's dir
+            self.lock = self._own_lock = RunDirLock(self.run_dir).acquire()
         # Locate the checkpoint and check geometry from JSON configs before any weights load.
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
         validate_buckets(cfg, model_cls, roots)
@@ -225,6 +239,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         set_seed(cfg.seed)
         self.is_main = self.accelerator.is_main_process
+        self.fingerprint = fingerprint(cfg, self.accelerator.num_processes)
+        self.flat_settings = flat_settings(cfg)
+        # Which checkpoint to continue, chosen from state.json files before any weights load.
+        resume_from = self._resume_candidates(cfg.resume)
         self.dataset = instantiate_dataset(cfg.dataset, split="train", report_dir=str(self.run_dir))
         self.model = model_cls(cfg.model, roots)
         self.model.enable_memory_savers(
@@ -251,8 +269,10 @@ class Trainer:
         self.trainable = self.model.trainable_parameters()  # fixed from here on; listing it costs ~1 ms
         self.state = TrainState()
         self.resumed_from = None
-        if cfg.resume:
-            self._resume(cfg.resume)
+        self.resume_changes: list[str] = []
+        self.wandb_run_id = None
+        if resume_from:
+            self._resume(resume_from, explicit=str(cfg.resume) not in ("latest", "auto"))
         self.batches = BatchStream(
             self.dataset, batch_size=cfg.gpu.batch_size, seed=cfg.seed, rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes, num_workers=cfg.gpu.num_workers,
@@ -263,7 +283,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(redact(container)))
         self.tracker = Tracker(self.run_dir, logger_cfg=cfg.logger, config=container, enabled=self.is_main,
-                               extra_tags=[cfg.model.name, cfg.dataset.name])
+                               extra_tags=[cfg.model.name, cfg.dataset.name], run_id=self.wandb_run_id)
+        if self.tracker.run is not None:  # recorded in every checkpoint: a resume continues this W&B run
+            self.wandb_run_id = self.tracker.run.id
         self.tracker.summary({"params/" + k: v for k, v in self.param_counts.items()})
 
     def _use_latent_cache(self) -> None:
@@ -291,19 +313,105 @@ class Trainer:
         if offload and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _resume(self, resume: str) -> None:
+    # -- resume ---------------------------------------------------------------------------------
+    def _resume_candidates(self, resume: str | None) -> list[Path]:
+        """Checkpoints to try, best first: ``latest``/``auto`` pass over damaged ones and those of
+        other experiments (logged); an explicit path must be intact and compatible. Empty: fresh."""
+        self._guard_own_checkpoints(resume)
+        if not resume:
+            return []
+        resume = str(resume)
         suffix = f"_{self.cfg.model.name}_{self.cfg.dataset.name}"
-        path = find_resume_checkpoint(str(resume), self.run_dir, suffix)
-        loaded = load_checkpoint(path)
-        self.model.load_trainable_state_dict(loaded.trainable)
-        self.optimizer.load_state_dict(loaded.optimizer)
+        search = find_resume_checkpoints(resume, self.run_dir, suffix, self.fingerprint)
+        if search.passed_over:
+            log.warning("resume=%s passed over:%s", resume, search.report())
+        if search.candidates or resume not in ("latest", "auto"):
+            return search.candidates
+        if resume == "latest":  # asked to continue: starting from scratch instead would hide the mistake
+            raise no_checkpoint_error(resume, self.run_dir, suffix, search)
+        log.info("resume=auto: no checkpoint of this experiment to continue; starting fresh in %s", self.run_dir)
+        return []
+
+    def _guard_own_checkpoints(self, resume: str | None) -> None:
+        """A run dir holds one experiment: refuse to write into one that holds another's checkpoints
+        (keep_last would delete them, and a later resume would mix the two)."""
+        own = list_checkpoints(self.ckpt_root)
+        if not own:
+            return
+        if not resume:
+            raise ConfigError(f"{self.run_dir} already holds checkpoints (newest {own[-1].name}); continue that run "
+                              f"with resume=auto, or start this one elsewhere: hydra.run.dir=/path/to/new/run")
+        for path in reversed(own):
+            try:
+                recorded = read_state(path).get("fingerprint")
+            except DamagedCheckpoint:
+                continue  # a damaged one is skipped (or named) by the resume itself
+            differing = differences(recorded, self.fingerprint) if recorded is not None else []
+            if differing:
+                raise CheckpointError(
+                    f"{self.run_dir} holds checkpoints of another experiment ({path.name} differs: "
+                    f"{'; '.join(differing)}); training here would overwrite them. Resume with the checkpoint's "
+                    f"values, or start this run elsewhere: hydra.run.dir=/path/to/new/run")
+            return
+
+    def _resume(self, candidates: list[Path], *, explicit: bool) -> None:
+        for i, path in enumerate(candidates):
+            try:
+                loaded = load_checkpoint(path)
+            except DamagedCheckpoint as damage:
+                if explicit or i == len(candidates) - 1:
+                    raise unusable(damage) from None
+                log.warning("Skipping damaged checkpoint %s; trying %s", damage, candidates[i + 1])
+                continue
+            self._restore(loaded)
+            return
+
+    def _restore(self, loaded) -> None:
+        path = loaded.path
+        try:
+            self.model.load_trainable_state_dict(loaded.trainable)
+            self.optimizer.load_state_dict(loaded.optimizer)
+        except (KeyError, RuntimeError, ValueError) as exc:  # only reachable for checkpoints without a fingerprint
+            raise CheckpointError(
+                f"{path / 'trainable.safetensors'} does not fit {self.cfg.model.name} with these model.lora / "
+                f"model.finetune settings ({type(exc).__name__}: {exc}); resume with the settings it was trained with"
+            ) from None
         self.lr_scheduler.load_state_dict(loaded.scheduler)
         if loaded.scaler and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(loaded.scaler)
-        restore_rng_state(loaded.rng_meta, loaded.rng_tensors)
+        self._apply_optimizer_settings()
+        try:
+            restore_rng_state(loaded.rng_meta, loaded.rng_tensors)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise unusable(DamagedCheckpoint(path, "rng.json", f"RNG state not restorable ({exc})")) from None
         self.state = loaded.state
         self.resumed_from = str(path)
+        self.wandb_run_id = loaded.raw_state.get("wandb_run_id")
+        self.resume_changes = differences(loaded.raw_state.get("settings", {}), self.flat_settings)
         log.info("Resumed from %s at step %d", path, self.state.step)
+        if self.resume_changes:
+            log.info("Settings changed since that checkpoint (allowed: its fingerprint matches; optimizer "
+                     "hyper-parameters and the LR schedule apply from step %d):%s", self.state.step,
+                     "".join(f"\n  {line}" for line in self.resume_changes))
+
+    def _apply_optimizer_settings(self) -> None:
+        """Resume applies the current optimizer.lr / weight_decay / betas / eps (the saved state
+        would restore the old ones): lowering the LR to continue a run that diverged is a common
+        fix, and ignoring the value the user typed was finding 2 of issue 14. The LR schedule
+        keeps its position (warmup/decay continue from the checkpoint's step) at the new base LR.
+        The optimizer's moments stay; the optimizer class is part of the fingerprint."""
+        opt = self.cfg.optimizer
+        values = {"weight_decay": float(opt.weight_decay), "betas": tuple(float(b) for b in opt.betas),
+                  "eps": float(opt.eps)}
+        scheduler = self.lr_scheduler
+        scheduler.base_lrs = [float(opt.lr)] * len(scheduler.optimizer.param_groups)
+        for group, base, multiplier in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                           scheduler.lr_lambdas, strict=True):
+            group.update({k: v for k, v in values.items() if k in group})
+            group["initial_lr"] = base
+            # What LambdaLR computes for this step; unchanged settings give the saved value exactly.
+            group["lr"] = base * multiplier(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     # -- one optimizer step -------------------------------------------------------------------
     def _micro_step(self, batch: dict, micro: int) -> float:
@@ -393,7 +501,9 @@ class Trainer:
                     self.ckpt_root, state=self.state, trainable=trainable,
                     optimizer_state=self.optimizer.state_dict(), scheduler_state=self.lr_scheduler.state_dict(),
                     scaler_state=scaler, keep_last=self.cfg.train.keep_last,
-                    extra={"model": self.cfg.model.name, "finetune": str(self.cfg.model.finetune.value)},
+                    extra={"model": self.cfg.model.name, "finetune": str(self.cfg.model.finetune.value),
+                           "fingerprint": self.fingerprint, "settings": self.flat_settings,
+                           "wandb_run_id": self.wandb_run_id},
                 )
             except Exception as exc:  # OSError, or the serializer's own error type for ENOSPC
                 kept = list_checkpoints(self.ckpt_root)
@@ -408,7 +518,7 @@ class Trainer:
 
     def validate(self) -> None:
         cfg = self.cfg.validation
-        if not cfg.enabled:
+        if not cfg.enabled or cfg.num_videos == 0:  # num_videos=0: no validation videos
             return
         self.accelerator.wait_for_everyone()
         self._offload_frozen(False)
@@ -427,9 +537,13 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def evaluate(self, *, base: bool = False) -> dict | None:
-        """Score the model into ``<run>/eval`` (fine-tuned, compared with ``eval_base`` when it
-        exists) or ``<run>/eval_base`` (before any step: LoRA is still a no-op, full weights untouched)."""
-        from ..evaluation import evaluate_model
+        """Score the model into ``<run>/eval`` (fine-tuned, paired with ``eval_base`` when it
+        exists) or ``<run>/eval_base`` (before any step: LoRA is still a no-op, full weights untouched).
+
+        Never fails the run for its numbers: a skipped metric or a refused comparison (eval and
+        eval_base not comparable) is recorded in metrics.json and logged, and training goes on.
+        """
+        from ..evaluation import evaluate_model, problems
 
         self.accelerator.wait_for_everyone()
         self._offload_frozen(False)
@@ -440,13 +554,18 @@ class Trainer:
             baseline = self.run_dir / "eval_base"
             dataset = instantiate_dataset(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
             description = {"mode": "model" if base else "run_dir", "model": self.cfg.model.name,
-                           "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step,
-                           "seed": settings.seed}
+                           "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step}
             report = evaluate_model(
                 self.model, dataset, settings, out_dir, fps=self.cfg.model.fps, autocast=self.accelerator.autocast,
-                description=description, tracker=self.tracker,
+                description=description, tracker=self.tracker, role="eval_base" if base else "eval",
                 baseline=str(baseline) if not base and (baseline / "metrics.json").is_file() else None,
             )
+            for missing in problems(report):
+                log.warning("%s: %s %s (%s; fix: %s)", out_dir.name, missing["metric"], missing["status"],
+                            missing["reason"], missing["fix"])
+            if report.get("comparison_refused"):
+                log.error("%s\n(recorded in %s; training goes on and the fine-tuned weights are kept)",
+                          report["comparison_refused"]["message"], out_dir / "metrics.json")
         self._offload_frozen(True)
         self.accelerator.wait_for_everyone()
         return report
@@ -495,7 +614,7 @@ class Trainer:
             log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
                      self.state.step, cfg.max_steps)
         summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
-                   "resumed_from": self.resumed_from, **asdict(self.state),
+                   "resumed_from": self.resumed_from, "resume_changes": self.resume_changes, **asdict(self.state),
                    "cache": asdict(self.cache.stats) if self.cache else None}
         summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
@@ -518,10 +637,13 @@ class Trainer:
         tracker = getattr(self, "tracker", None)
         if tracker is not None:
             tracker.finish(exit_code=exit_code)
+        if self._own_lock is not None:
+            self._own_lock.release()
+            self.lock = self._own_lock = None
 
 
-def run_training(cfg: DictConfig, run_dir: Path) -> dict:
-    trainer = Trainer(cfg, run_dir)
+def run_training(cfg: DictConfig, run_dir: Path, lock: RunDirLock | None = None) -> dict:
+    trainer = Trainer(cfg, run_dir, lock)
     exit_code = 1
     try:
         trainer.setup()
