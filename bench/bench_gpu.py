@@ -133,12 +133,15 @@ def make_adapter(case: dict, model_cfg, denoiser, lora: bool):
 
     from t2v_exp.config import LoraConfig
     from t2v_exp.models.lora import add_lora
+    from t2v_exp.models.objectives import DDPMObjective
 
     adapter = get_class(model_cfg._target_).__new__(get_class(model_cfg._target_))
     adapter.cfg, adapter.denoiser = model_cfg, denoiser
     adapter.scheduler = adapter.train_scheduler = noise_scheduler(case["family"])
     adapter.vae_scale_spatial, adapter.max_text_tokens = 8, case["text"][1]
+    adapter.objective = DDPMObjective(adapter.train_scheduler)
     adapter.uses_rotary = bool(getattr(denoiser.config, "use_rotary_positional_embeddings", False))  # CogVideoX
+    adapter.patch_size_t = getattr(denoiser.config, "patch_size_t", None)  # CogVideoX 1.5 pads latent frames
     adapter.lora = LoraConfig(rank=case["lora_rank"], alpha=case["lora_rank"], scope=case["scope"]) if lora else None
     if lora:
         add_lora(denoiser, adapter.lora)
