@@ -240,3 +240,26 @@ def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]
         load_lora_state_dict(denoiser, state_dict)
     else:
         load_full_state_dict(denoiser, state_dict)
+
+
+@torch.no_grad()
+def adapter_generate(model, prompts: list[str], *, num_inference_steps: int, guidance_scale: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Sample with the family's own pipeline and geometry: [B, F, C, H, W] floats in [0, 1] on the CPU."""
+    out = model.pipeline()(
+        prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        generator=generator, output_type="pt", **model.generation_kwargs(),
+    )
+    return to_unit_range(out.frames)
+
+
+def export_transformer(pipeline_class, transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) -> None:
+    """A transformer family's export: its LoRA as ``pipeline_class.save_lora_weights`` writes it
+    (``transformer.``-prefixed keys plus adapter metadata), or the whole transformer via save_pretrained."""
+    from .lora import lora_metadata, lora_state_dict
+
+    if lora:
+        pipeline_class.save_lora_weights(lora_dir, transformer_lora_layers=lora_state_dict(transformer),
+                                         transformer_lora_adapter_metadata=lora_metadata(lora))
+    else:
+        transformer.save_pretrained(full_dir, safe_serialization=True)

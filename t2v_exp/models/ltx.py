@@ -40,7 +40,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
 from . import common
-from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
 log = logging.getLogger(__name__)
@@ -428,13 +428,9 @@ class LTXModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
-    @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
-        out = self.pipeline()(
-            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            generator=generator, output_type="pt", **self.generation_kwargs(),
-        )
-        return common.to_unit_range(out.frames)
+        return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, generator=generator)
 
     def trainable_state_dict(self):
         return common.adapter_trainable_state_dict(self)
@@ -445,11 +441,5 @@ class LTXModel:
     def export(self, out_dir: Path):
         from diffusers import LTXPipeline
 
-        model = common.unwrap(self.denoiser)
-        if self.lora:
-            LTXPipeline.save_lora_weights(
-                out_dir, transformer_lora_layers=lora_state_dict(model),
-                transformer_lora_adapter_metadata=lora_metadata(self.lora),
-            )
-        else:
-            model.save_pretrained(Path(out_dir) / "transformer", safe_serialization=True)
+        common.export_transformer(LTXPipeline, common.unwrap(self.denoiser), self.lora, Path(out_dir),
+                                  Path(out_dir) / "transformer")

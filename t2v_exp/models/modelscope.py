@@ -184,13 +184,9 @@ class ModelScopeModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
-    @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
-        out = self.pipeline()(
-            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            generator=generator, output_type="pt", **self.generation_kwargs(),
-        )
-        return common.to_unit_range(out.frames)
+        return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, generator=generator)
 
     def trainable_state_dict(self):
         return common.adapter_trainable_state_dict(self)

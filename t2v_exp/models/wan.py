@@ -41,7 +41,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
 from . import common
-from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
 log = logging.getLogger(__name__)
@@ -437,13 +437,9 @@ class WanModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
-    @torch.no_grad()
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
-        out = self.pipeline()(
-            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            generator=generator, output_type="pt", **self.generation_kwargs(),
-        )
-        return common.to_unit_range(out.frames)
+        return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
+                                       guidance_scale=guidance_scale, generator=generator)
 
     def trainable_state_dict(self):
         return common.adapter_trainable_state_dict(self)
@@ -460,8 +456,4 @@ def export_expert(transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) 
     metadata), or the whole transformer via save_pretrained."""
     from diffusers import WanPipeline
 
-    if lora:
-        WanPipeline.save_lora_weights(lora_dir, transformer_lora_layers=lora_state_dict(transformer),
-                                      transformer_lora_adapter_metadata=lora_metadata(lora))
-    else:
-        transformer.save_pretrained(full_dir, safe_serialization=True)
+    common.export_transformer(WanPipeline, transformer, lora, lora_dir, full_dir)
