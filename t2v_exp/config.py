@@ -188,6 +188,8 @@ class TrainConfig:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     seed: int = 42
     resume: str | None = None  # "auto", "latest", or a checkpoint / run directory (see conf/train.yaml)
+    push_to_hub: bool = False  # upload final/ (weights + model card) to hub_repo_id at the end
+    hub_repo_id: str | None = None
 
 
 @dataclass
@@ -206,10 +208,46 @@ class EvaluateConfig(EvalSettings):
     allow_skipped: bool = False  # exit 0 even when a requested metric was skipped or failed
 
 
+@dataclass
+class GenerateConfig:
+    """``python -m t2v_exp.generate``: a run (run_dir=) or a base model (model=), prompts, seeds, sampler."""
+
+    model: ModelConfig = MISSING
+    dataset: Any = None  # replaced by the run's with run_dir=; generation itself reads no data
+    precision: PrecisionConfig = MISSING
+    gpu: GpuConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    run_dir: str | None = None  # generate from this training run (its model and newest checkpoint)
+    checkpoint: str | None = None  # a specific checkpoint dir of run_dir
+    prompt: str | None = None  # one prompt
+    prompts: str | None = None  # or a .txt / .jsonl file of prompts
+    seed: int = 0  # video j of prompt i uses seed + i * seeds_per_prompt + j
+    seeds_per_prompt: int = 1
+    num_inference_steps: int = 25
+    guidance_scale: float = 6.0
+    num_frames: int | None = None  # within the family's rules (e.g. CogVideoX: 4k+1)
+    height: int | None = None
+    width: int | None = None
+    strip_frames: int = 4  # frames side by side in each video's PNG strip
+
+
+def subject_name(run_dir: str | None, model_name: str, dataset_name: str) -> str:
+    """What an evaluation or generation is of, for its directory and W&B run name: the training run
+    it was given (``run_dir=``), else the model and dataset."""
+    return Path(str(run_dir)).name if run_dir else f"{model_name}_{dataset_name}"
+
+
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
+    from .help import help_text
+
+    OmegaConf.register_new_resolver("t2v_subject", subject_name, replace=True)
+    OmegaConf.register_new_resolver("t2v_help", help_text, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="generate_schema", node=GenerateConfig)
     from .models.registry import register_model_schemas
 
     register_model_schemas(cs)
@@ -358,6 +396,8 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     validate_known_keys(cfg)
+    if cfg.get("push_to_hub") and not cfg.get("hub_repo_id"):
+        raise ConfigError("push_to_hub=true needs hub_repo_id=<user or org>/<repo name>, e.g. hub_repo_id=me/my-lora")
     validate_optimizer(cfg.optimizer)
     _positive("train.max_steps", cfg.train.max_steps, 100)
     _positive("gpu.batch_size", cfg.gpu.batch_size, 1)

@@ -9,19 +9,17 @@ anything is generated).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import config as config_schema
 from .config import register_configs
 from .engine.batches import instantiate_dataset
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .evaluation import (
     AUTO,
     check_plan_against_baseline,
@@ -33,47 +31,15 @@ from .evaluation import (
     problems,
     score_and_report,
 )
-from .models.common import CheckpointNotAvailableError, mixed_precision_dtype
+from .models.common import CheckpointNotAvailableError
+from .quiet import quiet_logs
+from .runs import adopt_run_config, autocast_for, device_and_precision, load_model
 
 log = logging.getLogger("t2v_exp.evaluate")
-USER_ERRORS = (ConfigError, CheckpointNotAvailableError, FileNotFoundError, ValueError)
+DEFAULT_EVAL_GROUP = "eval"  # evaluate.yaml's logger.group
+USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotAvailableError, FileNotFoundError, ValueError)
 
 register_configs()
-
-
-def adopt_run_config(cfg: DictConfig) -> Path:
-    """Take model and dataset from the training run's saved config; return its checkpoint."""
-    from .engine.checkpoint import list_checkpoints
-
-    run_dir = Path(cfg.run_dir).expanduser()
-    saved = run_dir / "config.yaml"  # written by the trainer: resolved, secrets masked
-    if not saved.is_file():
-        raise FileNotFoundError(f"run_dir={run_dir}: no config.yaml (is this a t2v_exp training run dir?)")
-    run_cfg = OmegaConf.load(saved)
-    from .models.registry import family_modules
-
-    family = run_cfg.model.get("family")
-    families = family_modules()
-    if family not in families:
-        raise FileNotFoundError(f"run_dir={run_dir}: its config names model.family={family}, which no "
-                                f"t2v_exp family module declares (known: {sorted(families)})")
-    with open_dict(cfg):
-        # The run's own family schema types its model (the composed default may be another family,
-        # with other keys); the dataset is untyped at the top level, so it is replaced whole.
-        cfg.model = OmegaConf.merge(OmegaConf.structured(families[family].Config), run_cfg.model)
-        cfg.dataset = run_cfg.dataset
-    if cfg.checkpoint:
-        return Path(cfg.checkpoint).expanduser()
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
-    if not checkpoints:
-        raise FileNotFoundError(f"run_dir={run_dir}: no complete checkpoint under checkpoints/")
-    return checkpoints[-1]
-
-
-def autocast_for(device: str, mixed: str):
-    if mixed == "no":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device, dtype=mixed_precision_dtype(mixed))
 
 
 class EvaluationIncomplete(ValueError):
@@ -113,6 +79,29 @@ def role_of(description: dict) -> str:
     return "eval_base" if description.get("mode") == "model" else "eval"
 
 
+def eval_logger(logger_cfg, run_logger):
+    """An evaluation of a run joins that run's W&B group (and keeps its tags) unless logger.group is set."""
+    if run_logger is None:
+        return logger_cfg
+    merged = logger_cfg.copy()
+    with open_dict(merged):
+        if merged.get("group") in (None, DEFAULT_EVAL_GROUP) and run_logger.get("group"):
+            merged.group = run_logger.group
+        merged.tags = list(dict.fromkeys([*(merged.get("tags") or []), *(run_logger.get("tags") or [])]))
+    return merged
+
+
+def record_adopted_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Hydra wrote .hydra/config.yaml before the run's model and dataset replaced the composed
+    defaults: rewrite it so it shows what was evaluated (secrets masked, as the callback does)."""
+    from .engine.tracking import redact
+
+    hydra_dir = out_dir / ".hydra"
+    if hydra_dir.is_dir():
+        container = redact(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+        (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(container))
+
+
 def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict:
     from .engine.tracking import Tracker
 
@@ -132,26 +121,24 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict:
                                     reference=reference, reference_names=reference_names, settings=settings,
                                     description=description, baseline=cfg.baseline,
                                     video_dir=Path(cfg.videos).expanduser(), tracker=tracker, role="eval")
-        checkpoint = adopt_run_config(cfg) if cfg.run_dir else None
+        run_logger = None
+        if cfg.run_dir:
+            checkpoint = adopt_run_config(cfg)
+            run_logger = OmegaConf.load(Path(cfg.run_dir).expanduser() / "config.yaml").get("logger")
+            record_adopted_config(cfg, out_dir)
+        else:
+            checkpoint = None
         config_schema.validate_eval(without_auto(cfg))
-        from safetensors.torch import load_file
-
-        from .models import resolve_and_validate
-
-        model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
         dataset = instantiate_dataset(cfg.dataset, split=settings.split, report_dir=str(out_dir))
         plan = evaluation_plan(settings, dataset)
         if cfg.baseline:  # refuse in the first seconds, not after generating every video
             check_plan_against_baseline(cfg.baseline, settings, plan)
-        device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
-        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
-        model = model_cls(cfg.model, roots)
-        if checkpoint is not None:
-            model.load_trainable_state_dict(load_file(checkpoint / "trainable.safetensors"))
-            log.info("Loaded fine-tuned weights from %s", checkpoint)
-        model.place(torch.device(device), mixed_precision_dtype(mixed))
+        device, mixed = device_and_precision(cfg)
+        model = load_model(cfg, checkpoint)
         container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        tracker = Tracker(out_dir, logger_cfg=cfg.logger, config=container, job_type="eval")
+        tracker = Tracker(out_dir, logger_cfg=eval_logger(cfg.logger, run_logger), config=container, job_type="eval",
+                          extra_tags=[str(cfg.model.name), str(cfg.dataset.name),
+                                      "fine-tuned" if checkpoint is not None else "base"])
         description = {"mode": "run_dir" if checkpoint else "model", "model": cfg.model.name,
                        "dataset": cfg.dataset.name, "checkpoint": str(checkpoint) if checkpoint else None,
                        "finetuned": checkpoint is not None}
@@ -166,6 +153,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    quiet_logs()
     try:
         evaluate(cfg, out_dir)
     except USER_ERRORS as exc:

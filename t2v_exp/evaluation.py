@@ -295,9 +295,14 @@ def write_fvd_features(entry: dict, out_dir: Path, names: list[str], reference_n
     entry["features_file"] = FEATURES_FILE
 
 
-def entrypoint_hints(entries: dict[str, dict], prompts) -> None:
-    """compute_metrics phrases a missing-prompts fix for Python callers; say what to pass to the CLI."""
+def entrypoint_hints(entries: dict[str, dict], prompts, settings_prefix: str = "") -> None:
+    """Fixes as overrides that work when pasted into the entrypoint that ran: the metrics write them for
+    ``python -m t2v_exp.evaluate`` (``+metric_settings.<metric>.<key>=...``); inside training the same
+    keys live under ``evaluation.`` (``settings_prefix``). compute_metrics phrases a missing-prompts
+    fix for Python callers; say what to pass to the CLI instead."""
     for entry in entries.values():
+        if settings_prefix and isinstance(entry.get("fix"), str):
+            entry["fix"] = entry["fix"].replace("+metric_settings.", f"+{settings_prefix}metric_settings.")
         if entry.get("status") == "skipped" and prompts is None and "prompt" in str(entry.get("reason")):
             entry["fix"] = ("pass prompts=FILE (one prompt per line, in the videos' sorted file order) or put "
                             "<video name>.txt prompt files beside the videos")
@@ -335,7 +340,7 @@ def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], v
         log.info("metrics=auto: scoring %s; left out: %s", ", ".join(names_to_run),
                  "; ".join(f"{k} ({v})" for k, v in left_out.items() if not v.startswith("opt-in")) or "-")
     entries, columns = run_metrics(names_to_run, videos, prompts, reference, settings)
-    entrypoint_hints(entries, prompts)
+    entrypoint_hints(entries, prompts, str(description.get("settings_prefix") or ""))
     if "fvd" in entries:
         write_fvd_features(entries["fvd"], out_dir, names, reference_names)
     count = int(videos.shape[0])

@@ -13,6 +13,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .help import help_text
+from .quiet import quiet_logs
 from .reporting.collect import JobRow, collect_jobs, sweep_params
 from .reporting.html import render_html
 from .reporting.markdown import render_markdown
@@ -20,6 +22,7 @@ from .reporting.plots import loss_curves, metric_bars
 from .reporting.table import wandb_table
 
 log = logging.getLogger("t2v_exp.report")
+OmegaConf.register_new_resolver("t2v_help", help_text, replace=True)  # --help (conf/report.yaml)
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None, log_to_wandb: bool = True, logger_cfg=None) -> dict:
@@ -45,7 +48,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, log_to_wandb: boo
               "html": str(out_dir / "report.html"), "plots": [str(p) for p in plots.values() if p], "wandb": None}
     if log_to_wandb:
         try:
-            result["wandb"] = log_table(rows, out_dir, logger_cfg, sweep_dir)
+            result["wandb"] = log_table(rows, out_dir, logger_cfg, sweep_dir, plots)
         except Exception as exc:  # noqa: BLE001 - the files above are the report; W&B is a mirror
             log.warning("Report table not logged to W&B (%s: %s); the files are written. "
                         "Retry offline with WANDB_MODE=offline or skip with wandb=false.", type(exc).__name__, exc)
@@ -58,11 +61,18 @@ def _cfg_value(cfg, key: str, default=None):
     return getattr(value, "value", value)  # structured configs hold enums
 
 
-def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path) -> str | None:
-    """Log the table as a ``wandb.Table`` in its own run (job_type="report"); returns the run dir."""
+def report_run_id(sweep_dir: Path) -> str:
+    """One W&B report run per sweep: the id comes from the sweep dir, so a rebuilt report updates it."""
+    import hashlib
+
+    return "report-" + hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path, plots: dict | None = None) -> str | None:
+    """Log the table and the plots in the sweep's report run (job_type="report"); returns the run dir."""
     import wandb
 
-    from .engine.tracking import wandb_mode
+    from .engine.tracking import masked_argv, wandb_mode
 
     mode = wandb_mode(str(_cfg_value(logger_cfg, "mode", "auto") or "auto"))  # auto: WANDB_MODE, then login
     if mode == "disabled":
@@ -71,14 +81,18 @@ def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path) ->
     sweep_name = sweep_dir.resolve().name
     wandb_dir = out_dir / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)  # wandb falls back to a temp dir when it is missing
-    run = wandb.init(project=_cfg_value(logger_cfg, "project") or "t2v_exp", entity=_cfg_value(logger_cfg, "entity"),
-                     group=_cfg_value(logger_cfg, "group") or sweep_name, job_type="report",
-                     name=f"report-{sweep_name}", tags=list(_cfg_value(logger_cfg, "tags") or []),
-                     dir=str(out_dir), mode=mode, reinit="finish_previous",
-                     config={"sweep_dir": str(sweep_dir), "jobs": len(rows)},
-                     settings=wandb.Settings(console="off", silent=True))
+    with masked_argv():
+        run = wandb.init(project=_cfg_value(logger_cfg, "project") or "t2v_exp",
+                         entity=_cfg_value(logger_cfg, "entity"), group=_cfg_value(logger_cfg, "group") or sweep_name,
+                         job_type="report", name=f"report-{sweep_name}", id=report_run_id(sweep_dir),
+                         resume="allow", tags=list(_cfg_value(logger_cfg, "tags") or []),
+                         dir=str(out_dir), mode=mode, reinit="finish_previous",
+                         config={"sweep_dir": str(sweep_dir), "jobs": len(rows)},
+                         settings=wandb.Settings(console="off", silent=True))
     try:
-        run.log({"report/jobs": wandb.Table(columns=header, data=data)})
+        images = {f"report/{Path(path).stem}": wandb.Image(str(path), caption=title)
+                  for title, path in (plots or {}).items() if path}
+        run.log({"report/jobs": wandb.Table(columns=header, data=data), **images})
         run.summary.update({"report/jobs_ok": sum(r.ok for r in rows), "report/jobs_total": len(rows)})
         return str(Path(run.dir).parent)
     finally:
@@ -87,6 +101,7 @@ def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path) ->
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
+    quiet_logs()
     if OmegaConf.is_missing(cfg, "sweep_dir"):
         raise SystemExit("error: sweep_dir is required: python -m t2v_exp.report sweep_dir=outputs/sweeps/<sweep>")
     try:

@@ -58,3 +58,27 @@ def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps:
         write_video(out_dir / name, to_uint8_frames(video).numpy(), fps=fps)
         names.append(name)
     return names
+
+
+STRIP_MIN_HEIGHT = 128  # pixels; smaller frames are repeated (nearest neighbour) up to at least this
+
+
+def frame_strip(video: torch.Tensor, count: int):
+    """[F, C, H, W] in [0, 1] -> uint8 RGB image of ``count`` evenly spaced frames side by side."""
+    import numpy as np
+
+    frames = to_uint8_frames(video).numpy()
+    picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
+    strip = np.concatenate([frames[i] for i in picks], axis=1)
+    scale = max(1, STRIP_MIN_HEIGHT // strip.shape[0])  # tiny 32-pixel frames, enlarged to be seen
+    return strip.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def decoded_frames(path: Path) -> torch.Tensor:
+    """Every frame of a video file, [F, C, H, W] in [0, 1] (PyAV)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from .config import register_configs
 from .errors import UserError
 from .models.common import CheckpointNotAvailableError
+from .quiet import quiet_logs
 
 log = logging.getLogger("t2v_exp.train")
 USER_ERRORS = (UserError, CheckpointNotAvailableError, FileNotFoundError)
@@ -38,6 +39,7 @@ def main(cfg: DictConfig) -> float | None:
     from .sweep import JobStatus, is_multirun, pin_one_gpu_per_job
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_logs()
     quiet_non_main_ranks()
     pinned = pin_one_gpu_per_job()  # before anything touches CUDA
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -37,14 +37,24 @@ def isolated_environment(tmp_path_factory):
             os.environ[key] = value
 
 
+# The default run ends with two evaluations (base and fine-tuned, 16 videos each); tests of other
+# things turn them off, the tests of the default experiment itself keep them.
+NO_EVAL = ("train.evaluate_base=false", "train.evaluate_at_end=false")
+
+
 @pytest.fixture
 def compose_train():
-    """Compose a config with overrides exactly as @hydra.main would hand it to the job."""
+    """Compose a config with overrides exactly as @hydra.main would hand it to the job (without the
+    default's closing evaluations unless the overrides turn them back on)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from t2v_exp.config import compose_job_config
 
-    yield compose_job_config
+    def compose(overrides=(), run_dir=None, config_name: str = "train"):
+        extra = NO_EVAL if config_name == "train" else ()
+        return compose_job_config([*extra, *overrides], run_dir=run_dir, config_name=config_name)
+
+    yield compose
     GlobalHydra.instance().clear()
 
 

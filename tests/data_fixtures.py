@@ -62,8 +62,12 @@ def write_sidecar_folder(folder: Path, count: int = 4) -> list[Path]:
     return paths
 
 
-def write_ssv2(root: Path, *, train: int = 6, validation: int = 2, videos_dir: str = "") -> Path:
-    """Official SSv2 layout: train/validation/labels JSON + <id>.webm (VP9, as distributed)."""
+def write_ssv2(root: Path, *, train: int = 6, validation: int = 2, videos_dir: str = "",
+               labels_layout: str = "root") -> Path:
+    """Official SSv2 layout: train/validation/labels JSON + <id>.webm (VP9, as distributed).
+
+    ``labels_layout``: "root" (something-something-v2-*.json beside the videos folder) or "labels"
+    (labels/train.json, labels/validation.json, labels/labels.json), the two ways it is distributed."""
     templates = ["Pushing [something] from left to right", "Putting [something] on [something]"]
     labels = {t.replace("[", "").replace("]", ""): str(i) for i, t in enumerate(templates)}
     video_folder = root / videos_dir if videos_dir else root
@@ -80,9 +84,12 @@ def write_ssv2(root: Path, *, train: int = 6, validation: int = 2, videos_dir: s
                                    "placeholders": placeholders})
             write_clip(video_folder / f"{next_id}.webm", value=10 * next_id, num_frames=10, fps=12)
             next_id += 1
-    (root / "something-something-v2-train.json").write_text(json.dumps(entries["train"]))
-    (root / "something-something-v2-validation.json").write_text(json.dumps(entries["validation"]))
-    (root / "something-something-v2-labels.json").write_text(json.dumps(labels))
+    names = {"root": ("something-something-v2-train.json", "something-something-v2-validation.json",
+                      "something-something-v2-labels.json"),
+             "labels": ("labels/train.json", "labels/validation.json", "labels/labels.json")}[labels_layout]
+    (root / "labels").mkdir(exist_ok=True)
+    for name, content in zip(names, (entries["train"], entries["validation"], labels), strict=True):
+        (root / name).write_text(json.dumps(content))
     return root
 
 

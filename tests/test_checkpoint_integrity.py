@@ -23,9 +23,9 @@ from t2v_exp.engine.checkpoint import (
 from t2v_exp.engine.trainer import run_training
 from t2v_exp.errors import CheckpointError, RunDirLockedError
 
-from .conftest import REPO
+from .conftest import NO_EVAL, REPO
 
-FAST = ["validation.enabled=false", "logger=none", "train.warmup_steps=0", "dataset.num_videos=4"]
+FAST = [*NO_EVAL, "validation.enabled=false", "logger=none", "train.warmup_steps=0", "dataset.num_videos=4"]
 TRAIN = [*FAST, "train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=3"]
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from t2v_exp.data.bad_data import TooManyBadSamplesError
 from t2v_exp.data.folder import VideoFolderDataset
 from t2v_exp.data.public_sets import MSRVTTDataset, SSv2Dataset, UBCFashionDataset, choose_subset
 from t2v_exp.data.sources import DatasetLayoutError, Sample
@@ -215,3 +216,23 @@ def test_buckets_group_by_shape_and_are_deterministic(tmp_path):
     batches = bucket_batches(ids, 2, seed=0, epoch=0)
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]
     assert batches == bucket_batches(ids, 2, seed=0, epoch=0)
+
+
+@pytest.mark.parametrize("labels_layout", ["root", "labels"])
+def test_ssv2_as_distributed_is_found_without_layout_settings(tmp_path, labels_layout):
+    write_ssv2(tmp_path, train=4, validation=2, videos_dir="20bn-something-something-v2", labels_layout=labels_layout)
+    train = SSv2Dataset(root=str(tmp_path), subset_size=None, **GEOMETRY)
+    assert len(train) == 4
+    assert {s.extra["class_id"] for s in train.samples} == {"0", "1"}  # the labels file was found too
+    assert all("20bn-something-something-v2" in s.path for s in train.samples)
+    val = SSv2Dataset(root=str(tmp_path), subset_size=None, split="validation", **GEOMETRY)
+    assert sorted(s.key for s in val.samples) == ["5", "6"]
+
+
+def test_missing_videos_error_says_where_they_are_and_which_setting_to_use(tmp_path):
+    write_ssv2(tmp_path, train=4, validation=2, videos_dir="downloads/webm")
+    with pytest.raises(TooManyBadSamplesError, match=r"set dataset.videos_dir=downloads/webm") as caught:
+        SSv2Dataset(root=str(tmp_path), subset_size=None, videos_dir="", **GEOMETRY)
+    # The hint, pasted as printed, loads the set.
+    setting = str(caught.value).split("set dataset.videos_dir=")[1].split(" ")[0]
+    assert len(SSv2Dataset(root=str(tmp_path), subset_size=None, videos_dir=setting, **GEOMETRY)) == 4

@@ -10,9 +10,9 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import REPO
+from .conftest import NO_EVAL, REPO
 
-COMMON = ["train.max_steps=3", "logger=none", "validation.enabled=false", "train.max_grad_norm=0",
+COMMON = [*NO_EVAL, "train.max_steps=3", "logger=none", "validation.enabled=false", "train.max_grad_norm=0",
           "optimizer.weight_decay=0", "dataset.num_videos=12"]
 
 

@@ -34,7 +34,9 @@ def wandb_records(run_dir: Path, wait_s: float = 60.0) -> list:
     framing is undone here: 7-byte file header, then per chunk crc32, length, type (full/first/middle/last).
     wandb-core may still be flushing the file when finish() returns: read until its "exit" record is there.
     """
-    (path,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    # run_dir: a run dir (one offline W&B run under its wandb/) or one offline-run-* directory itself
+    found = list(run_dir.glob("run-*.wandb")) or list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    (path,) = found
     deadline = time.monotonic() + wait_s
     while True:
         records = _parse_wandb_log(path.read_bytes())

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from t2v_exp.engine.checkpoint import list_checkpoints
 from t2v_exp.engine.trainer import NonFiniteLossError, run_training
 
-from .conftest import REPO
+from .conftest import NO_EVAL, REPO
 
-FAST = ["validation.enabled=false", "logger=none", "train.warmup_steps=0"]
+FAST = [*NO_EVAL, "validation.enabled=false", "logger=none", "train.warmup_steps=0"]
 ENV = {**os.environ, "WANDB_MODE": "offline"}
 
 

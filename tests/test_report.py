@@ -249,3 +249,22 @@ def test_cli_writes_the_report_and_explains_a_bad_sweep_dir(sweep, tmp_path):
     assert missing.returncode != 0 and "sweep_dir is required" in missing.stderr
     wrong = run_cli(f"sweep_dir={tmp_path}/nope", "wandb=false", cwd=tmp_path)
     assert wrong.returncode != 0 and "is not a directory" in wrong.stderr
+
+
+def test_rebuilding_the_report_updates_one_wandb_run_with_its_plots(sweep, monkeypatch):
+    from .test_evaluate import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    write_report(sweep, log_to_wandb=True)
+    write_report(sweep, log_to_wandb=True)
+    runs = sorted((sweep / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2  # one offline directory per build ...
+    ids = set()
+    for run in runs:
+        records = wandb_records(run)
+        (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        ids.add(run_record.run_id)
+        logged = {item.key or item.nested_key[0] for r in records if r.WhichOneof("record_type") == "history"
+                  for item in r.history.item}
+        assert {"report/jobs", "report/loss_curves"} <= logged, logged
+    assert len(ids) == 1  # ... all of the same W&B run, which `wandb sync` merges into one

@@ -11,12 +11,12 @@ import av
 import pytest
 from safetensors.torch import load_file
 
-from .conftest import FAMILIES, REPO
+from .conftest import FAMILIES, NO_EVAL, REPO
 
 
 def run_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *overrides], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *NO_EVAL, *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

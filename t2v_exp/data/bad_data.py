@@ -47,8 +47,11 @@ class BadSampleReport:
             with self.file.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
 
-    def check(self, total: int, max_bad_fraction: float) -> None:
-        """Raise when more than ``max_bad_fraction`` of ``total`` entries are bad (or none is good)."""
+    def check(self, total: int, max_bad_fraction: float, *, root: str | os.PathLike | None = None) -> None:
+        """Raise when more than ``max_bad_fraction`` of ``total`` entries are bad (or none is good).
+
+        ``root``: the dataset root, searched for the missing files when they are most of the bad ones,
+        so the error can say where the videos are (one folder down, in the archive's own folder name)."""
         bad = len(self.problems)
         if bad > LOGGED_INDIVIDUALLY:
             log.warning("%s/%s: %d bad samples in all (see %s)", self.dataset, self.split, bad,
@@ -62,4 +65,31 @@ class BadSampleReport:
                 f"({bad / total:.0%} > dataset.max_bad_fraction={max_bad_fraction}). Examples: {examples}. "
                 f"Full list: {self.file or 'set report_dir to get bad_samples.jsonl'}; raise "
                 "dataset.max_bad_fraction=0.5 only if that much loss is expected."
+                + (missing_files_hint(self.problems, Path(root)) if root else "")
             )
+
+
+MISSING = "missing file"
+SEARCH_LIMIT = 200_000  # directory entries looked at before giving up (a whole disk is not searched)
+
+
+def missing_files_hint(problems: list[Problem], root: Path, *, sample: int = 20) -> str:
+    """Where under ``root`` the missing files are, and the setting that points there; '' if nowhere."""
+    missing = [Path(p.path) for p in problems if p.reason == MISSING]
+    if len(missing) * 2 < len(problems) or not root.is_dir():
+        return ""
+    wanted = {m.name for m in missing[:sample]}
+    expected_dirs = {m.parent for m in missing[:sample]}
+    found: dict[Path, int] = {}
+    for seen, path in enumerate(root.rglob("*")):
+        if seen >= SEARCH_LIMIT:
+            break
+        if path.name in wanted and path.parent not in expected_dirs:
+            found[path.parent] = found.get(path.parent, 0) + 1
+    if not found:
+        return (f" None of the first {len(wanted)} missing files is anywhere under {root}: check dataset.root "
+                f"(expected e.g. {missing[0]}).")
+    folder = max(found, key=found.get)
+    relative = folder.relative_to(root).as_posix()
+    return (f" The videos are in {folder} ({found[folder]} of the first {len(wanted)} missing files found there): "
+            f"set dataset.videos_dir={relative} (relative to dataset.root).")

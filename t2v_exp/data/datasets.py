@@ -237,7 +237,7 @@ class IndexedClipDataset(ClipDataset):
             sample.extra.update(kind=entry.kind, width=entry.width, height=entry.height, frames=entry.frames,
                                 fps=entry.fps)
             good.append(sample)
-        report.check(len(samples) + len(problems), max_bad_fraction)
+        report.check(len(samples) + len(problems), max_bad_fraction, root=root)
         super().__init__(good, num_frames=num_frames, height=height, width=width, seed=seed, split=split,
                          frame_stride=stride, target_fps=target_fps, hflip=hflip, short_clip=short_clip,
                          name=name, bad_report=report, limits=limits)

@@ -39,7 +39,37 @@ SSV2_LAYOUT = """  <dataset.root>/
     something-something-v2-train.json        (dataset.train_file: [{"id", "label", "template", "placeholders"}])
     something-something-v2-validation.json   (dataset.validation_file)
     something-something-v2-labels.json       (dataset.labels_file: {"Template text": "class id"})
-    <dataset.videos_dir>/<id>.webm           (videos_dir '' = directly in the root)"""
+      or labels/train.json, labels/validation.json, labels/labels.json
+    <dataset.videos_dir>/<id>.webm           (videos_dir '' = directly in the root; auto: the root,
+                                              20bn-something-something-v2/ or videos/, whichever has them)"""
+AUTO = "auto"
+# Where the files are in the layouts SSv2 is distributed in (the archive's own folder names).
+SSV2_CANDIDATES = {
+    "dataset.train_file": ("something-something-v2-train.json", "labels/train.json"),
+    "dataset.validation_file": ("something-something-v2-validation.json", "labels/validation.json"),
+    "dataset.labels_file": ("something-something-v2-labels.json", "labels/labels.json"),
+}
+SSV2_VIDEO_DIRS = ("", "20bn-something-something-v2", "videos")
+PROBED_IDS = 32
+
+
+def detect_file(base, value: str | None, key: str) -> str | None:
+    """``value`` unless it is ``auto``: then the first of the key's distributed locations that exists."""
+    if value != AUTO:
+        return value
+    candidates = SSV2_CANDIDATES[key]
+    return next((c for c in candidates if (base / c).is_file()), candidates[0])
+
+
+def detect_videos_dir(base, annotations, extension: str) -> str:
+    """The candidate folder holding the most of the first annotated ids' videos ('' if none has any)."""
+    from .sources import load_json
+
+    entries = load_json(annotations)
+    ids = [str(e["id"]) for e in entries[:PROBED_IDS] if isinstance(e, dict) and "id" in e] if isinstance(
+        entries, list) else []
+    hits = {d: sum((base / d / f"{i}{extension}").is_file() for i in ids) for d in SSV2_VIDEO_DIRS}
+    return max(SSV2_VIDEO_DIRS, key=lambda d: hits[d])
 
 
 def choose_subset(samples: list[Sample], size: int | None, *, seed: int, class_balance: bool) -> list[Sample]:
@@ -65,19 +95,21 @@ def choose_subset(samples: list[Sample], size: int | None, *, seed: int, class_b
 
 
 class SSv2Dataset(IndexedClipDataset):
-    def __init__(self, *, root: str, name: str = "ssv2", videos_dir: str = "",
-                 train_file: str = "something-something-v2-train.json",
-                 validation_file: str = "something-something-v2-validation.json",
-                 labels_file: str | None = "something-something-v2-labels.json", video_extension: str = ".webm",
+    def __init__(self, *, root: str, name: str = "ssv2", videos_dir: str = AUTO, train_file: str = AUTO,
+                 validation_file: str = AUTO, labels_file: str | None = AUTO, video_extension: str = ".webm",
                  subset_size: int | None = 10000, class_balance: bool = False, **common):
         base = require_path(root, key="dataset.root", layout=SSV2_LAYOUT, directory=True)
         file_key = "dataset.train_file" if common.get("split", "train") == "train" else "dataset.validation_file"
-        file_name = train_file if file_key == "dataset.train_file" else validation_file
+        file_name = detect_file(base, train_file if file_key == "dataset.train_file" else validation_file, file_key)
         annotations = require_path(resolve(base, file_name), key=file_key, layout=SSV2_LAYOUT)
         labels = None
+        if labels_file == AUTO:  # optional (class ids only): auto without one found means none
+            labels_file = next((c for c in SSV2_CANDIDATES["dataset.labels_file"] if (base / c).is_file()), None)
         if labels_file:
             labels = read_ssv2_labels(require_path(resolve(base, labels_file), key="dataset.labels_file",
                                                    layout=SSV2_LAYOUT))
+        if videos_dir == AUTO:
+            videos_dir = detect_videos_dir(base, annotations, video_extension)
         videos = require_path(resolve(base, videos_dir) if videos_dir else base, key="dataset.videos_dir",
                               layout=SSV2_LAYOUT, directory=True)
         samples, problems = read_ssv2(annotations, labels, videos_dir=videos, extension=video_extension)

@@ -69,10 +69,11 @@ class VideoFolderConfig(RealVideoConfig):
 
 @dataclass
 class SSv2Config(RealVideoConfig):
-    videos_dir: str = ""
-    train_file: str = "something-something-v2-train.json"
-    validation_file: str = "something-something-v2-validation.json"
-    labels_file: str | None = "something-something-v2-labels.json"
+    # auto: found in either distributed layout (t2v_exp/data/public_sets.py SSV2_CANDIDATES)
+    videos_dir: str = "auto"
+    train_file: str = "auto"
+    validation_file: str = "auto"
+    labels_file: str | None = "auto"
     video_extension: str = ".webm"
     subset_size: int | None = 10000
     class_balance: bool = False

@@ -29,6 +29,10 @@ DOMAINS = {
     "horizontal": {"colors": ("red", "green"), "directions": ("left", "right")},
     "vertical": {"colors": ("blue", "yellow"), "directions": ("up", "down")},
     "all": {"colors": tuple(PALETTE), "directions": tuple(DIRECTIONS)},
+    # The default fine-tuning experiment: the tiny pretrained bases know horizontal motion in every
+    # colour (domain A); fine-tuning teaches them vertical motion (domain B), which they never saw.
+    "horizontal_motion": {"colors": tuple(PALETTE), "directions": ("left", "right")},
+    "vertical_motion": {"colors": tuple(PALETTE), "directions": ("up", "down")},
 }
 # Part of the cache key: bumped when the bytes of the clips change, so older sets are regenerated
 # (2: single-threaded x264, byte-identical on any machine and CPU count).

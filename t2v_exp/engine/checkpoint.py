@@ -341,11 +341,7 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
     path = Path(path)
     raw = verify_checkpoint(path)
     state = TrainState(**{f.name: raw[f.name] for f in fields(TrainState)})
-    trainable = _load_tensors(path, "trainable.safetensors")
-    nonfinite = [k for k, v in trainable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise DamagedCheckpoint(path, "trainable.safetensors", f"non-finite values (NaN/inf) in {len(nonfinite)} of "
-                                f"{len(trainable)} trainable tensors, e.g. {nonfinite[0]}")
+    trainable = load_trainable(path)
     try:
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean the same here
@@ -361,6 +357,20 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         scaler=opt.get("scaler"), rng_meta=json.loads((path / "rng.json").read_text()), rng_tensors=rng_tensors,
         raw_state=raw,
     )
+
+
+def load_trainable(path: Path) -> dict[str, torch.Tensor]:
+    """The fine-tuned weights of checkpoint ``path``, read and checked (what evaluate and generate load):
+    a damaged or non-finite file raises :class:`DamagedCheckpoint` naming it."""
+    path = Path(path)
+    if not (path / "trainable.safetensors").is_file():
+        raise DamagedCheckpoint(path, "trainable.safetensors", "missing (is this a checkpoint-NNNNNN dir of a run?)")
+    trainable = _load_tensors(path, "trainable.safetensors")
+    nonfinite = [k for k, v in trainable.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise DamagedCheckpoint(path, "trainable.safetensors", f"non-finite values (NaN/inf) in {len(nonfinite)} of "
+                                f"{len(trainable)} trainable tensors, e.g. {nonfinite[0]}")
+    return trainable
 
 
 def _load_tensors(path: Path, file: str) -> dict[str, torch.Tensor]:

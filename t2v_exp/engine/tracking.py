@@ -58,6 +58,20 @@ def masked_argv():
         sys.argv = saved
 
 
+@contextlib.contextmanager
+def staged_in(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = saved
+
+
 def wandb_mode(mode: str) -> str:
     if mode != "auto":
         return mode
@@ -115,12 +129,15 @@ class Tracker:
         if self.run is not None:
             self.run.log(record, step=step)
 
-    def log_videos(self, videos: dict[str, Path], step: int, fps: int) -> None:
+    def log_videos(self, videos: list[tuple[str, Path]], step: int, fps: int) -> None:
+        """Validation samples as ``samples/0``, ``samples/1``, ... with the prompt as caption: the same
+        key is the same prompt slot in every run, so one W&B panel lines the models up."""
         if self.run is None or not videos:
             return
         import wandb
 
-        self.run.log({f"samples/{k}": wandb.Video(str(p), format="mp4") for k, p in videos.items()}, step=step)
+        self.run.log({f"samples/{i}": wandb.Video(str(path), caption=prompt, format="mp4")
+                      for i, (prompt, path) in enumerate(videos)}, step=step)
 
     def log_table(self, key: str, rows: list[dict], *, videos: dict[str, tuple[str, Path]]) -> None:
         """A W&B table, one row per video, the videos themselves playable in the row.
@@ -141,7 +158,10 @@ class Tracker:
                 path = Path(folder) / str(row.get(field)) if row.get(field) else None
                 cells.append(wandb.Video(str(path), format="mp4") if path is not None and path.is_file() else None)
             table.add_data(*cells, *(row.get(field) for field in fields))
-        self.run.log({key: table})
+        # W&B stages a table's media as artifact files under WANDB_DATA_DIR (default: the user's data
+        # dir, outside the run): stage them inside the run dir so a copied outputs/ syncs complete.
+        with staged_in(self.run_dir / "wandb" / "data"):
+            self.run.log({key: table})
 
     def summary(self, values: dict[str, Any]) -> None:
         if not self.enabled:

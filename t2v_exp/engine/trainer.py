@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .. import config as config_schema
 from ..errors import CheckpointError, ConfigError
 from ..models import resolve_and_validate
-from ..models.common import mixed_precision_dtype
+from ..models.common import TruncatedPrompts, mixed_precision_dtype
 from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import (
     DamagedCheckpoint,
@@ -554,7 +554,8 @@ class Trainer:
             baseline = self.run_dir / "eval_base"
             dataset = instantiate_dataset(self.cfg.dataset, split=settings.split, report_dir=str(self.run_dir))
             description = {"mode": "model" if base else "run_dir", "model": self.cfg.model.name,
-                           "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step}
+                           "dataset": self.cfg.dataset.name, "finetuned": not base, "step": self.state.step,
+                           "settings_prefix": "evaluation."}  # fixes name +evaluation.metric_settings...
             report = evaluate_model(
                 self.model, dataset, settings, out_dir, fps=self.cfg.model.fps, autocast=self.accelerator.autocast,
                 description=description, tracker=self.tracker, role="eval_base" if base else "eval",
@@ -577,6 +578,18 @@ class Trainer:
             self.model.export(out_dir)
         self.accelerator.wait_for_everyone()
         return out_dir
+
+    def publish(self, final_dir: Path) -> None:
+        """The model card beside the exported weights; the upload when push_to_hub=true."""
+        if not self.is_main:
+            return
+        from ..model_card import push_to_hub, write_model_card
+
+        card = write_model_card(final_dir, self.cfg, model=self.model, steps=self.state.step,
+                                eval_report=self.eval_report, samples_root=self.run_dir / "samples")
+        log.info("Model card: %s", card)
+        if self.cfg.push_to_hub:
+            log.info("push_to_hub: %s", push_to_hub(final_dir, self.cfg.hub_repo_id))
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -610,12 +623,14 @@ class Trainer:
             final_dir = str(self.export())
             if cfg.evaluate_at_end:
                 self.eval_report = self.evaluate()
+            self.publish(Path(final_dir))
         else:
             log.info("Stopped at step %d of %d (train.stop_after_steps); continue with resume=latest",
                      self.state.step, cfg.max_steps)
         summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
                    "resumed_from": self.resumed_from, "resume_changes": self.resume_changes, **asdict(self.state),
-                   "cache": asdict(self.cache.stats) if self.cache else None}
+                   "cache": asdict(self.cache.stats) if self.cache else None,
+                   "prompts_truncated": TruncatedPrompts.count, "prompt_truncated_example": TruncatedPrompts.example}
         summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary

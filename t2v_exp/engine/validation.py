@@ -20,9 +20,10 @@ def validation_prompts(configured: list[str], captions: list[str], count: int) -
 
 
 def generate_samples(model, prompts: list[str], out_dir: Path, *, num_inference_steps: int, guidance_scale: float,
-                     seed: int, fps: int, autocast) -> dict[str, Path]:
-    """Validation videos, generated and written exactly as evaluation does (prompt i from seed + i)."""
+                     seed: int, fps: int, autocast) -> list[tuple[str, Path]]:
+    """Validation videos, generated and written exactly as evaluation does (prompt i from seed + i):
+    (prompt, file) in prompt order."""
     videos = generate_videos(model, prompts, seed=seed, num_inference_steps=num_inference_steps,
                              guidance_scale=guidance_scale, autocast=autocast)
     names = write_videos(videos, prompts, out_dir, fps)
-    return {Path(name).stem: out_dir / name for name in names}
+    return [(prompt, out_dir / name) for prompt, name in zip(prompts, names, strict=True)]

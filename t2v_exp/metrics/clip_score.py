@@ -72,12 +72,10 @@ def resolve_clip_file(model: str, cache_dir: str) -> tuple[Path, str | None]:
         path = Path(os.path.expanduser(cache_dir)) / os.path.basename(url)
         official_sha256 = url.split("/")[-2]
         if not path.is_file():
-            error = MissingWeightsError(path, "metric_settings.clip_score.cache_dir", f"CLIP {model}")
-            error.fix = (
-                f"put {path.name} in metric_settings.clip_score.cache_dir (now '{cache_dir}'), "
-                "or set metric_settings.clip_score.model=/path/to/checkpoint.pt"
-            )
-            raise error
+            raise MissingWeightsError(
+                path, "metric_settings.clip_score.cache_dir", f"CLIP {model}",
+                fix=f"put {path.name} in {cache_dir} (or point +metric_settings.clip_score.cache_dir=DIR at the "
+                    "folder that has it), or set +metric_settings.clip_score.model=/path/to/checkpoint.pt")
         return path, official_sha256
     path = Path(os.path.expanduser(model))
     if not path.is_file():
@@ -94,7 +92,7 @@ def load_clip(settings: ClipScoreSettings):
         # labelled with a model it did not come from.
         raise ValueError(
             f"{path} has sha256 {record['detector_sha256']}, not the official {official_sha256} for "
-            f"{settings.model}; replace the file, or set metric_settings.clip_score.model={path} to use it as a custom checkpoint"
+            f"{settings.model}; replace the file, or set +metric_settings.clip_score.model={path} to use it as a custom checkpoint"
         )
     clip = import_clip()
     # A path (not a name) goes to clip.load, so its download branch can never run.

@@ -214,7 +214,7 @@ def clips_for_i3d(videos: torch.Tensor, settings: FVDSettings) -> torch.Tensor:
     if frames < settings.num_frames:
         raise ValueError(
             f"FVD clips need {settings.num_frames} frames, videos have {frames}; generate longer videos "
-            f"or set metric_settings.fvd.num_frames={frames} (scores are then not comparable with 16-frame FVD)"
+            f"or set +metric_settings.fvd.num_frames={frames} (scores are then not comparable with 16-frame FVD)"
         )
     clips = videos[:, : settings.num_frames]
     if settings.quantize_uint8:

@@ -88,6 +88,7 @@ TINY_BUILDERS = {"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_ad
 
 
 FAMILY = "animatediff"
+BASE_LICENSE = "creativeml-openrail-m"  # the model card's license when the checkpoint's own card does not say
 
 
 @dataclass

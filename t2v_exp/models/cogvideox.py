@@ -43,6 +43,37 @@ COGVIDEOX_SCHEDULER = dict(
 COGVIDEOX15_SCHEDULER = {**COGVIDEOX_SCHEDULER, "snr_shift_scale": 1.0}
 
 
+def tiny_vae():
+    from diffusers import AutoencoderKLCogVideoX
+
+    return AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
+        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
+    )
+
+
+def build_tiny_vae(out_dir: Path) -> None:
+    """The twins' 3-D VAE fitted to shapes clips: a random one decodes everything to 8x8 block noise."""
+    from .tiny_vae import fit_video_vae, shapes_clips
+
+    torch.manual_seed(0)
+    vae = tiny_vae()
+    figures = fit_video_vae(vae, shapes_clips())
+    vae.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def fitted_tiny_vae():
+    """The fitted 3-D VAE, built once per cache and shared by the 2B and 1.5 twins."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    if tiny.building_from_bundle():
+        return tiny_vae()
+    return AutoencoderKLCogVideoX.from_pretrained(
+        tiny.tiny_checkpoint("cogvideox_vae", builder=build_tiny_vae, version=TINY_VERSION))
+
+
 def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
     """The tiny CogVideoX twin: same classes and scheduler, a T5 tokenizer trained locally, narrow widths.
 
@@ -50,7 +81,6 @@ def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
     frames per token), rotary position embeddings, no patch bias, as the 1.5-5B config has.
     """
     from diffusers import (
-        AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
         CogVideoXPipeline,
         CogVideoXTransformer3DModel,
@@ -65,11 +95,7 @@ def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
             relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         )
     )
-    vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
-        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-        layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4, sample_height=32, sample_width=32,
-    )
+    vae = fitted_tiny_vae()
     layout = dict(patch_size_t=2, use_rotary_positional_embeddings=True, patch_bias=False) if version_15 else {}
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16, time_embed_dim=32,
@@ -88,9 +114,11 @@ def build_tiny_15(out_dir: Path) -> None:
 
 
 TINY_BUILDERS = {"cogvideox": build_tiny, "cogvideox15": build_tiny_15}
+TINY_VERSION = "2"  # 2: 32-token T5 tokenizer (every shapes caption whole), fitted 3-D VAE
 
 
 FAMILY = "cogvideox"
+BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 
 
 @dataclass
@@ -108,7 +136,7 @@ class CogVideoXModel:
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
         return common.checkpoint_dir(cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS,
-                                     tiny_builders=TINY_BUILDERS)
+                                     tiny_builders=TINY_BUILDERS, tiny_version=TINY_VERSION)
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -165,10 +193,7 @@ class CogVideoXModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts):
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.max_text_tokens, truncation=True,
-            add_special_tokens=True, return_tensors="pt",
-        )
+        tokens = common.tokenize_prompts(self.tokenizer, prompts, self.max_text_tokens)
         return self.text_encoder(tokens.input_ids.to(common.first_parameter(self.text_encoder).device))[0]
 
     @torch.no_grad()

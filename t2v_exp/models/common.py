@@ -106,10 +106,38 @@ def unwrap(module: nn.Module) -> nn.Module:
     return extract_model_from_parallel(module)
 
 
+class TruncatedPrompts:
+    """Prompts cut by a tokenizer in this process: counted, warned about once with an example.
+
+    A caption that loses its last words ("... moving down quickly" -> "... moving") trains the model
+    on the wrong text without any error, so the count goes into the run's summary.json.
+    """
+
+    count = 0
+    example: str | None = None
+
+    @classmethod
+    def add(cls, prompts: list[str], max_length: int) -> None:
+        if not prompts:
+            return
+        if cls.example is None:
+            log.warning("%d of %d prompts are longer than the tokenizer's %d tokens and are cut, e.g. %r; "
+                        "later cuts are only counted (summary.json: prompts_truncated)",
+                        len(prompts), len(prompts), max_length, prompts[0])
+            cls.example = prompts[0]
+        cls.count += len(prompts)
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], max_length: int, **kwargs):
+    """``tokenizer(prompts)`` padded and cut to ``max_length``, counting the prompts that were cut."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True, truncation=False).input_ids]
+    TruncatedPrompts.add([p for p, n in zip(prompts, lengths, strict=True) if n > max_length], max_length)
+    return tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                     add_special_tokens=True, return_tensors="pt", **kwargs)
+
+
 def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
+    tokens = tokenize_prompts(tokenizer, prompts, tokenizer.model_max_length)
     ids = tokens.input_ids.to(first_parameter(text_encoder).device)
     return text_encoder(ids)[0]
 
@@ -184,10 +212,13 @@ def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_pattern
     needs to know the families; names it does not pass fall back to the shared builders.
     """
     if spec and spec.startswith(TINY_PREFIX):
+        from .. import tiny_bases
         from .tiny import tiny_checkpoint
 
-        name = spec[len(TINY_PREFIX):]
+        name, pretrained = tiny_bases.parse_tiny_spec(spec[len(TINY_PREFIX):])
         builder = (tiny_builders or {}).get(name)
+        if builder is not None and pretrained:
+            return tiny_bases.pretrained_twin(name, cache_dir, builder=builder, version=tiny_version)
         return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version if builder else "")
     return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)
 

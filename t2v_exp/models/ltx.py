@@ -46,8 +46,9 @@ from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 log = logging.getLogger(__name__)
 
 FAMILY = "ltx"
+BASE_LICENSE = "other"  # the model card's license when the checkpoint's own card does not say
 #: Bump when build_tiny changes so stale ltx twins in users' caches are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: 32-token T5 tokenizer
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 #: LTXPipeline.check_inputs rejects any height/width that is not a multiple of 32, whatever the VAE.
 PIPELINE_SPATIAL_MULTIPLE = 32
@@ -372,10 +373,7 @@ class LTXModel:
     @torch.no_grad()
     def encode_prompts(self, prompts):
         """T5 states [B, L, D] with the padded positions zeroed (the mask travels in the zeros)."""
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=self.cfg.max_sequence_length, truncation=True,
-            add_special_tokens=True, return_tensors="pt",
-        )
+        tokens = common.tokenize_prompts(self.tokenizer, prompts, self.cfg.max_sequence_length)
         device = common.first_parameter(self.text_encoder).device
         # Like LTXPipeline._get_t5_prompt_embeds: T5 itself runs unmasked; the mask acts in the transformer.
         embeds = self.text_encoder(tokens.input_ids.to(device))[0]

@@ -94,6 +94,7 @@ TINY_BUILDERS = {"modelscope": build_tiny}
 
 
 FAMILY = "modelscope"
+BASE_LICENSE = "cc-by-nc-4.0"  # the model card's license when the checkpoint's own card does not say
 
 
 @dataclass

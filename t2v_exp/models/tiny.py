@@ -9,6 +9,7 @@ that ships with clip-anytorch (CLIP) and a SentencePiece model trained in under 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 TINY_VERSION = "3"
 CLIP_MERGES = 2000  # first N merges of CLIP's BPE: a valid, much smaller vocabulary
 TEXT_DIM = 32
-T5_MAX_TOKENS = 16
+T5_MAX_TOKENS = 32  # every shapes caption fits (26 tokens at most); 16 cut 46 of 61
 
 def clip_bpe_merges(count: int) -> list[str]:
     """The first ``count`` merge rules of the BPE vocabulary that ships with clip-anytorch."""
@@ -113,11 +114,33 @@ def build_image_vae(out_dir: Path) -> None:
     (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
+_VAE_FROM_BUNDLE = False
+
+
+@contextlib.contextmanager
+def vae_weights_from_bundle():
+    """Inside this block twins get an unfitted image VAE: a committed base (t2v_exp/tiny_bases) is about
+    to write its own fitted VAE over it, so the ~40 s fit would be thrown away."""
+    global _VAE_FROM_BUNDLE
+    previous, _VAE_FROM_BUNDLE = _VAE_FROM_BUNDLE, True
+    try:
+        yield
+    finally:
+        _VAE_FROM_BUNDLE = previous
+
+
+def building_from_bundle() -> bool:
+    """True inside :func:`vae_weights_from_bundle`: a family's fitted-VAE helper returns an unfitted one."""
+    return _VAE_FROM_BUNDLE
+
+
 def fitted_image_vae():
     """The fitted VAE, built once in the default cache and shared by every twin in every cache dir:
     fitting takes ~40 s, rebuilding a twin elsewhere (a run with its own paths.cache_dir) about 1 s."""
     from diffusers import AutoencoderKL
 
+    if building_from_bundle():
+        return image_vae()
     return AutoencoderKL.from_pretrained(tiny_checkpoint("image_vae"))
 
 

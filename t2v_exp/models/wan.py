@@ -47,8 +47,9 @@ from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 log = logging.getLogger(__name__)
 
 FAMILY = "wan"
+BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 #: Bump when a builder here (or in wan22.py) changes so stale Wan twins in users' caches are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: 32-token T5 tokenizer
 PIPELINE_PARTS = ["vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 SUBFOLDERS = ["transformer/*", *PIPELINE_PARTS]
 #: The scheduler of the published T2V -Diffusers repos (diffusers' convert_wan_to_diffusers.py).
@@ -312,10 +313,8 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_sequence_len
     """UMT5 states [B, L, D] exactly as WanPipeline computes them (the tests compare the two)."""
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
-    tokens = tokenizer(
-        [prompt_clean(p) for p in prompts], padding="max_length", max_length=max_sequence_length,
-        truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
-    )
+    tokens = common.tokenize_prompts(tokenizer, [prompt_clean(p) for p in prompts], max_sequence_length,
+                                     return_attention_mask=True)
     device = common.first_parameter(text_encoder).device
     mask = tokens.attention_mask.to(device)
     states = text_encoder(tokens.input_ids.to(device), mask).last_hidden_state

@@ -53,6 +53,7 @@ from .lora import load_lora_state_dict, lora_settings, lora_state_dict
 log = logging.getLogger(__name__)
 
 FAMILY = "wan22"
+BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 SUBFOLDERS = ["transformer/*", "transformer_2/*", *wan.PIPELINE_PARTS]
 #: model.experts name -> pipeline component, in the order the pipeline uses them (high noise first).
 EXPERTS = {"high": "transformer", "low": "transformer_2"}

@@ -1,0 +1,93 @@
+"""Tiny pretrained bases: committed weights that make ``tiny:<family>`` a model that knows something.
+
+A random twin generates noise whatever the prompt, so no comparison on it can show what fine-tuning
+changes. Each family's base was trained in full, through the normal engine, on the shapes data's
+domain A (``experiment=pretrain_tiny_<family>``); the weights of every component of the twin are
+committed here as ``<twin>/<component>.safetensors`` (float16) with ``<twin>/record.json`` (recipe,
+steps, wall time, machine, oracle scores with CIs, sha256 of each file).
+
+``tiny:<twin>`` is the random twin with a bundle's weights written over it; ``tiny:<twin>@random``
+is the random twin itself (what the pretraining recipes start from).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUNDLE_ROOT = Path(__file__).resolve().parent
+RANDOM_SUFFIX = "@random"
+
+
+def bundle_dir(name: str) -> Path | None:
+    """The committed bundle of twin ``name``, or None when it has none (the twin stays random)."""
+    directory = BUNDLE_ROOT / name
+    return directory if (directory / "record.json").is_file() else None
+
+
+def parse_tiny_spec(spec: str) -> tuple[str, bool]:
+    """``"modelscope"`` -> ("modelscope", has a bundle); ``"modelscope@random"`` -> ("modelscope", False)."""
+    if spec.endswith(RANDOM_SUFFIX):
+        return spec[: -len(RANDOM_SUFFIX)], False
+    return spec, bundle_dir(spec) is not None
+
+
+def bundle_files(name: str) -> dict[str, Path]:
+    directory = bundle_dir(name)
+    return {} if directory is None else {p.stem: p for p in sorted(directory.glob("*.safetensors"))}
+
+
+def bundle_fingerprint(name: str) -> str:
+    """Changes whenever a committed file of the bundle does: the cached twin built from it is rebuilt."""
+    import json
+
+    record = json.loads((BUNDLE_ROOT / name / "record.json").read_text())
+    return record["bundle_sha256"][:16]
+
+
+def apply_bundle(twin_dir: Path, name: str) -> None:
+    """Write bundle ``name``'s weights (and component configs) over the random twin in ``twin_dir``.
+
+    Every tensor must match the twin's by name and shape: a bundle made for another architecture
+    is refused rather than half-loaded.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..errors import ConfigError
+
+    for component, path in bundle_files(name).items():
+        targets = sorted((twin_dir / component).glob("*.safetensors"))
+        if len(targets) != 1:
+            raise ConfigError(f"tiny base '{name}': the twin has no single weights file in {component}/")
+        current = load_file(targets[0])
+        committed = load_file(path)
+        mismatched = sorted(set(current) ^ set(committed)) + sorted(
+            k for k in set(current) & set(committed) if current[k].shape != committed[k].shape)
+        if mismatched:
+            raise ConfigError(
+                f"tiny base '{name}' ({path}) does not fit the twin's {component} ({len(mismatched)} tensors differ, "
+                f"e.g. {mismatched[0]}): the architecture changed after the base was trained. Retrain it "
+                f"(experiment=pretrain_tiny_{name}, then python -m t2v_exp.tiny_bases record RUN_DIR) "
+                f"or use model.pretrained=tiny:{name}{RANDOM_SUFFIX}")
+        save_file({k: v.to(current[k].dtype) for k, v in committed.items()}, str(targets[0]),
+                  metadata={"format": "pt"})
+        config = path.with_suffix(".config.json")
+        if config.is_file():  # e.g. the fitted VAE's scaling_factor
+            (twin_dir / component / "config.json").write_text(config.read_text())
+        del current, committed
+
+
+def pretrained_twin(name: str, cache_dir, *, builder, version: str) -> str:
+    """The directory of twin ``name`` with its committed base applied (built once per cache)."""
+    from ..models.tiny import tiny_checkpoint
+
+    def build(out_dir: Path) -> None:
+        import contextlib
+
+        from ..models.tiny import vae_weights_from_bundle
+
+        with vae_weights_from_bundle() if "vae" in bundle_files(name) else contextlib.nullcontext():
+            builder(out_dir)
+        apply_bundle(out_dir, name)
+
+    return tiny_checkpoint(f"{name}_base", cache_dir, builder=build,
+                           version=f"{version}|base-{bundle_fingerprint(name)}")

@@ -1,0 +1,115 @@
+"""Turn a finished pretraining run into a committed tiny base: float16 weights plus record.json.
+
+    python -m t2v_exp.tiny_bases record outputs/runs/<pretrain run>
+
+The run must be a full fine-tune that started from a random twin (``tiny:<twin>@random``) and
+ended with an evaluation (``train.evaluate_at_end=true``): its oracle scores go into the record.
+Components the run did not train (VAE, text encoder) are taken from the twin it started from, so
+the bundle is the whole model the scores were measured on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import BUNDLE_ROOT, RANDOM_SUFFIX
+
+TINY_PREFIX = "tiny:"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def machine() -> dict:
+    import diffusers
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def oracle_scores(run_dir: Path) -> dict:
+    metrics = run_dir / "eval" / "metrics.json"
+    if not metrics.is_file():
+        raise ConfigError(f"{run_dir} has no eval/metrics.json: pretrain with train.evaluate_at_end=true")
+    report = json.loads(metrics.read_text())
+    oracle = report.get("summary", {}).get("shapes_oracle")
+    if not oracle:
+        raise ConfigError(f"{metrics} has no shapes_oracle scores: evaluate with evaluation.metrics=[shapes_oracle]")
+    keep = ("value", "ci_low", "ci_high", "n", "confidence")
+    return {"scores": {name: {k: stat[k] for k in keep} for name, stat in oracle.items()},
+            "num_videos": report.get("num_videos"), "seeds_per_prompt": report.get("seeds_per_prompt"),
+            "num_inference_steps": report.get("num_inference_steps"), "guidance_scale": report.get("guidance_scale"),
+            "split": "validation (clips generated with a held-out seed)"}
+
+
+def twin_components(twin_root: Path) -> list[str]:
+    return sorted(p.parent.name for p in twin_root.glob("*/*.safetensors"))
+
+
+def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
+    """Write ``out_root/<twin>/`` from pretraining run ``run_dir``; returns that directory."""
+    import torch
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file, save_file
+
+    run_dir = Path(run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    spec = str(cfg.model.pretrained)
+    if not (spec.startswith(TINY_PREFIX) and spec.endswith(RANDOM_SUFFIX)):
+        raise ConfigError(f"{run_dir} trained from {spec}: a base is pretrained from tiny:<twin>{RANDOM_SUFFIX}")
+    if cfg.model.finetune != "full":
+        raise ConfigError(f"{run_dir} is a {cfg.model.finetune} fine-tune: a base is pretrained with model.finetune=full")
+    status = json.loads((run_dir / "status.json").read_text())
+    if status.get("status") != "ok":
+        raise ConfigError(f"{run_dir} did not finish (status {status.get('status')})")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    twin = spec[len(TINY_PREFIX): -len(RANDOM_SUFFIX)]
+    model_class = get_class(cfg.model._target_)
+    twin_root = Path(model_class.resolve(cfg.model, cfg.paths.cache_dir))
+    trained = Path(summary["final_dir"])
+
+    out = out_root / twin
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*"):
+        stale.unlink()
+    files = {}
+    for component in twin_components(twin_root):
+        source = trained / component if (trained / component).is_dir() else twin_root / component
+        (weights,) = sorted(source.glob("*.safetensors"))
+        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
+        target = out / f"{component}.safetensors"
+        save_file(tensors, str(target), metadata={"format": "pt"})
+        (out / f"{component}.config.json").write_text((source / "config.json").read_text())
+        files[target.name] = sha256(target)
+        files[f"{component}.config.json"] = sha256(out / f"{component}.config.json")
+    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    recipe_overrides = [o for o in overrides if not str(o).startswith(("hydra.", "logger="))]
+    rec = {
+        "twin": twin,
+        "family": str(cfg.model.family),
+        "recipe": " ".join(["python -m t2v_exp.train", *map(str, recipe_overrides)]),
+        "steps": summary["step"],
+        "samples_seen": summary.get("samples_seen"),
+        "final_loss": summary.get("final_loss"),
+        "wall_time_s": round(status["wall_time_s"], 1),
+        "machine": machine(),
+        "domain": str(cfg.dataset.domain),
+        "oracle": oracle_scores(run_dir),
+        "dtype": "float16 (trained in float32)",
+        "components": {c: ("trained" if (trained / c).is_dir() else "from the random twin")
+                       for c in twin_components(twin_root)},
+        "files": files,
+        "bundle_sha256": hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest(),
+        "recorded": dt.date.today().isoformat(),
+    }
+    (out / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return out

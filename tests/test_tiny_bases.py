@@ -1,0 +1,104 @@
+"""The committed tiny pretrained bases: what ``tiny:<twin>`` loads, what ``@random`` keeps, what is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from t2v_exp import tiny_bases
+from t2v_exp.errors import ConfigError
+from t2v_exp.models.registry import tiny_builders, tiny_twin
+
+from .conftest import REPO
+
+BASES = sorted(p.parent.name for p in tiny_bases.BUNDLE_ROOT.glob("*/record.json"))
+
+
+def test_at_least_the_default_models_base_is_committed():
+    assert "modelscope" in BASES
+
+
+@pytest.mark.parametrize("twin", BASES)
+def test_record_matches_the_committed_files(twin):
+    directory = tiny_bases.BUNDLE_ROOT / twin
+    record = json.loads((directory / "record.json").read_text())
+    for name, digest in record["files"].items():
+        assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest, name
+    assert set(record["files"]) == {p.name for p in directory.iterdir() if p.name != "record.json"}
+    scores = record["oracle"]["scores"]
+    for score in ("color_ok", "direction_ok"):
+        assert scores[score]["ci_low"] <= scores[score]["value"] <= scores[score]["ci_high"]
+    assert record["recipe"].startswith("python -m t2v_exp.train experiment=pretrain_tiny_")
+
+
+def test_all_bases_together_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in tiny_bases.BUNDLE_ROOT.glob("*/*.safetensors"))
+    assert total <= 30e6, f"{total / 1e6:.1f} MB of committed tiny bases (budget 30 MB)"
+
+
+@pytest.mark.parametrize("twin", BASES)
+def test_tiny_spec_loads_the_committed_weights_and_random_keeps_the_random_twin(twin, isolated_environment):
+    from t2v_exp.models.common import checkpoint_dir
+
+    builders = tiny_builders()
+    pretrained = checkpoint_dir(f"tiny:{twin}", None, what=twin, tiny_builders={twin: builders[twin]})
+    random_dir = tiny_twin(twin)
+    for component, path in tiny_bases.bundle_files(twin).items():
+        committed = load_file(path)
+        (loaded_file,) = (tiny_bases.Path(pretrained) / component).glob("*.safetensors")
+        (random_file,) = (tiny_bases.Path(random_dir) / component).glob("*.safetensors")
+        loaded, random = load_file(loaded_file), load_file(random_file)
+        assert set(loaded) == set(committed)
+        for key, value in committed.items():
+            assert torch.equal(loaded[key], value.to(loaded[key].dtype)), (component, key)
+        if component != "tokenizer":
+            assert any(not torch.equal(loaded[k], random[k]) for k in loaded), f"{component} is still random"
+
+
+def test_a_bundle_for_another_architecture_is_refused(tmp_path, monkeypatch):
+    source = tiny_bases.BUNDLE_ROOT / "modelscope"
+    fake_root = tmp_path / "bases"
+    shutil.copytree(source, fake_root / "modelscope")
+    unet = fake_root / "modelscope" / "unet.safetensors"
+    tensors = load_file(unet)
+    key = next(iter(tensors))
+    tensors[key] = torch.zeros(3, 3, dtype=torch.float16)
+    save_file(tensors, str(unet))
+    monkeypatch.setattr(tiny_bases, "BUNDLE_ROOT", fake_root)
+    twin_dir = tmp_path / "twin"
+    shutil.copytree(tiny_twin("modelscope"), twin_dir)
+    with pytest.raises(ConfigError, match=r"does not fit the twin's unet .*tiny:modelscope@random"):
+        tiny_bases.apply_bundle(twin_dir, "modelscope")
+
+
+def test_record_turns_a_finished_pretraining_run_into_a_bundle(tmp_path, isolated_environment):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "t2v_exp.train", "experiment=pretrain_tiny_modelscope", "train.max_steps=2",
+               "train.warmup_steps=1", "dataset.num_videos=4", "gpu.batch_size=2", "evaluation.num_videos=2",
+               "model.num_inference_steps=2", "validation.enabled=false", "logger=none",
+               f"hydra.run.dir={run_dir}"]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=600)
+    from t2v_exp.tiny_bases.record import record
+
+    out = record(run_dir, out_root=tmp_path / "bases")
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["steps"] == 2 and rec["twin"] == "modelscope" and rec["domain"] == "horizontal_motion"
+    assert set(rec["components"]) == {"text_encoder", "unet", "vae"}
+    assert rec["components"]["unet"] == "trained"
+    trained = load_file(run_dir / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    bundled = load_file(out / "unet.safetensors")
+    assert all(bundled[k].dtype == torch.float16 for k in bundled)
+    assert max((bundled[k].float() - trained[k]).abs().max().item() for k in trained) < 1e-2
+    with pytest.raises(ConfigError, match="full"):
+        lora_run = tmp_path / "lora_run"
+        shutil.copytree(run_dir, lora_run)
+        (lora_run / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace(
+            "finetune: full", "finetune: lora"))
+        record(lora_run, out_root=tmp_path / "bases2")
