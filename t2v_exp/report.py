@@ -18,7 +18,7 @@ from .quiet import quiet_logs
 from .reporting.collect import JobRow, collect_jobs, sweep_params
 from .reporting.html import render_html
 from .reporting.markdown import render_markdown
-from .reporting.plots import loss_curves, metric_bars
+from .reporting.plots import frame_grid, loss_curves, metric_bars
 from .reporting.table import wandb_table
 
 log = logging.getLogger("t2v_exp.report")
@@ -35,10 +35,12 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, log_to_wandb: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect_jobs(sweep_dir)
     swept = sweep_params(sweep_dir)
-    plots = {"Training loss": loss_curves(rows, out_dir / "loss_curves.png"),
-             "Metrics base vs fine-tuned": metric_bars(rows, out_dir / "metrics_before_after.png")}
+    plots = {"Training loss (one panel per objective)": loss_curves(rows, out_dir / "loss_curves.png"),
+             "Metrics base vs fine-tuned": metric_bars(rows, out_dir / "metrics_before_after.png"),
+             "Frames: base above fine-tuned (same prompt, same seed)": frame_grid(rows, out_dir / "frame_grid.png")}
     # Remove a stale plot from an earlier report so the page never shows data that is gone.
-    for default_name, path in zip(("loss_curves.png", "metrics_before_after.png"), plots.values(), strict=True):
+    for default_name, path in zip(("loss_curves.png", "metrics_before_after.png", "frame_grid.png"), plots.values(),
+                                  strict=True):
         if path is None:
             (out_dir / default_name).unlink(missing_ok=True)
     (out_dir / "report.md").write_text(

@@ -114,7 +114,18 @@ def test_unreachable_hub_id_says_what_to_download(compose_train, monkeypatch):
     with pytest.raises(RuntimeError) as info:
         resolve_and_validate(cfg.model, cfg.paths.cache_dir)
     message = str(info.value)
-    assert "huggingface-cli download THUDM/CogVideoX-2b-not-cached" in message and "model.pretrained=" in message
+    line = next(line.strip() for line in message.splitlines() if "download THUDM/CogVideoX-2b-not-cached" in line)
+    assert "model.pretrained=" in message
+    # the printed command is one the installed huggingface_hub provides (hf in 1.x, not huggingface-cli)
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = shutil.which(line.split()[0], path=str(Path(sys.executable).parent))
+    assert program, line
+    help_text = subprocess.run([program, line.split()[1], "--help"], capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0 and "--local-dir" in help_text.stdout
 
 
 @pytest.mark.parametrize(

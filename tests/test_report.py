@@ -139,7 +139,7 @@ def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
     assert "`fvd` skipped: I3D weights not found; fix: set metrics.fvd.weights (0_modelscope_tiny_shapes)" in text
     assert "95% percentile bootstrap CI over videos (1000 resamples, seed 0)" in text
     assert "FVD from fewer than 256 videos is indicative only" in text and "paired by (prompt, seed)" in text
-    assert "![Training loss](loss_curves.png)" in text
+    assert "![Training loss (one panel per objective)](loss_curves.png)" in text
     assert result["jobs"] == 3 and result["ok"] == 2
 
 
@@ -212,7 +212,7 @@ def test_jobs_without_data_are_reported_and_plots_skipped(tmp_path):
     assert [r["model"] for r in rows] == ["?", "cogvideox_tiny"]
     assert rows[0]["status"].startswith("**INCOMPLETE: no status.json")
     assert rows[1]["status"].startswith("**INCOMPLETE: status.json still says 'running'")
-    assert "- Training loss: skipped, no data to plot." in text
+    assert "- Training loss (one panel per objective): skipped, no data to plot." in text
     assert "- Metrics base vs fine-tuned: skipped, no data to plot." in text
     assert not (root / "loss_curves.png").exists() and not (root / "metrics_before_after.png").exists()
     page = (root / "report.html").read_text()
@@ -268,3 +268,14 @@ def test_rebuilding_the_report_updates_one_wandb_run_with_its_plots(sweep, monke
                   for item in r.history.item}
         assert {"report/jobs", "report/loss_curves"} <= logged, logged
     assert len(ids) == 1  # ... all of the same W&B run, which `wandb sync` merges into one
+
+
+def test_links_to_files_with_url_special_characters_resolve(tmp_path):
+    from urllib.parse import unquote
+
+    from t2v_exp.reporting.html import rel
+
+    target = tmp_path / "job #1 50%" / "a?b.mp4"
+    link = rel(target, tmp_path)
+    assert "#" not in link and "?" not in link and " " not in link
+    assert (tmp_path / unquote(link)) == target

@@ -96,8 +96,9 @@ def test_items_ignore_global_rng_and_access_order(tmp_path):
 
 
 def test_train_starts_vary_by_epoch_validation_is_fixed(tmp_path):
-    train = ShapesDataset(root=str(tmp_path), split="train", **SMALL)
-    val = ShapesDataset(root=str(tmp_path), split="validation", **SMALL)
+    long_clips = {**SMALL, "clip_frames": 2 * SMALL["num_frames"]}  # random starts need a longer source
+    train = ShapesDataset(root=str(tmp_path), split="train", **long_clips)
+    val = ShapesDataset(root=str(tmp_path), split="validation", **long_clips)
     assert train.directory != val.directory  # evaluation clips are held out (their own generator seed)
     train_clips, val_clips = [], []
     for epoch in range(6):

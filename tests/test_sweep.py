@@ -38,7 +38,8 @@ def test_every_experiment_composes(experiment, compose_train, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["sweep=compare_models"], ["sweep=compare_models_tiny"], ["hparams_search=optuna_lr_rank"],
+    ["sweep=compare_models"], ["sweep=compare_models_tiny"], ["sweep=replicate_seed_study_tiny"],
+    ["hparams_search=optuna_lr_rank"],
     ["hydra/launcher=slurm"], ["hydra/launcher=local_parallel"], ["hydra/launcher=submitit_local"],
 ])
 def test_sweeps_and_launchers_compose_without_slurm(overrides, compose_train):
@@ -54,7 +55,11 @@ def test_sweeps_and_launchers_compose_without_slurm(overrides, compose_train):
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
     if overrides[0].startswith("sweep="):
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-        assert len(cfg.hydra.sweeper.params.experiment.split(",")) == 3
+        params = cfg.hydra.sweeper.params
+        swept = params.model if "model" in params else params.experiment
+        assert len(swept.split(",")) == 3
+        if overrides[0] == "sweep=compare_models_tiny":  # controlled: only the model varies
+            assert set(params) == {"model"}
 
 
 def run_sweep(*overrides: str) -> subprocess.CompletedProcess:
@@ -82,12 +87,16 @@ def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
             sorted(p.name for p in (job / "eval_base" / "videos").iterdir())
         wandb_config = (job / "config.yaml").read_text()
         assert "group: compare_models_tiny" in wandb_config
+        assert "domain: vertical_motion" in wandb_config  # every job on the same data
     report = (sweep_dir / "report.md").read_text()
     for name in ("modelscope_tiny", "cogvideox_tiny", "animatediff_tiny"):
         assert name in report
     html = (sweep_dir / "report.html").read_text()
     assert html.count("<video") >= 6
     assert (sweep_dir / "loss_curves.png").stat().st_size > 0
+    assert (sweep_dir / "frame_grid.png").stat().st_size > 0
+    for column in ("objective", "s/step", "shapes (vertical_motion)"):
+        assert column in report
 
 
 def test_a_failing_job_leaves_the_others_and_the_report_intact(tmp_path):

@@ -18,20 +18,44 @@ from t2v_exp.models.registry import tiny_builders, tiny_twin
 
 from .conftest import REPO
 
-BASES = sorted(p.parent.name for p in tiny_bases.BUNDLE_ROOT.glob("*/record.json"))
+RECORDS = {p.parent.name: json.loads(p.read_text()) for p in sorted(tiny_bases.BUNDLE_ROOT.glob("*/record.json"))}
+BASES = sorted(name for name, record in RECORDS.items() if "oracle" in record)  # pretrained models
+FITTED_VAES = sorted(name for name, record in RECORDS.items() if "fit" in record)  # shared fitted VAEs
 
 
 def test_at_least_the_default_models_base_is_committed():
     assert "modelscope" in BASES
 
 
-@pytest.mark.parametrize("twin", BASES)
-def test_record_matches_the_committed_files(twin):
+@pytest.mark.parametrize("twin", sorted(RECORDS))
+def test_every_committed_file_is_the_one_its_record_names(twin):
     directory = tiny_bases.BUNDLE_ROOT / twin
-    record = json.loads((directory / "record.json").read_text())
+    record = RECORDS[twin]
     for name, digest in record["files"].items():
         assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest, name
     assert set(record["files"]) == {p.name for p in directory.iterdir() if p.name != "record.json"}
+
+
+def test_the_shared_vaes_are_committed_fits():
+    assert FITTED_VAES == ["cogvideox_vae", "image_vae"]
+    for name in FITTED_VAES:
+        assert RECORDS[name]["fit"]["psnr_db"] > 25 and RECORDS[name]["recipe"].endswith(f"record-vae {name}")
+
+
+def test_the_fitted_image_vae_is_the_committed_one():
+    from t2v_exp.models.tiny import fitted_image_vae
+
+    vae = fitted_image_vae()
+    committed = load_file(tiny_bases.BUNDLE_ROOT / "image_vae" / "vae.safetensors")
+    state = vae.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in committed.items())
+    config = json.loads((tiny_bases.BUNDLE_ROOT / "image_vae" / "vae.config.json").read_text())
+    assert vae.config.scaling_factor == pytest.approx(config["scaling_factor"])
+
+
+@pytest.mark.parametrize("twin", BASES)
+def test_a_base_record_says_how_it_was_made_and_what_it_scores(twin):
+    record = RECORDS[twin]
     scores = record["oracle"]["scores"]
     for score in ("color_ok", "direction_ok"):
         assert scores[score]["ci_low"] <= scores[score]["value"] <= scores[score]["ci_high"]

@@ -160,8 +160,9 @@ class ShapesDataset(ClipDataset):
     def __init__(self, *, root: str, num_videos: int, domain: str, num_frames: int, height: int, width: int,
                  fps: int, seed: int, split: str = "train", report_dir: str | None = None,
                  clip_frames: int | None = None, name: str = "shapes"):
-        # Clips are longer than the training window so random starts differ between epochs.
-        length = clip_frames or num_frames * 2
+        # By default a clip is exactly the training window: the motion is then as large as the frame
+        # allows (positions are random per clip anyway); clip_frames > num_frames adds random starts.
+        length = clip_frames or num_frames
         # Evaluation splits get their own clips (another generator seed): held out from training.
         generator_seed = seed if split == "train" else seed + HELD_OUT_SEED_OFFSET
         directory = generate_shapes(root, num_videos=num_videos, num_frames=length, height=height, width=width,

@@ -75,6 +75,15 @@ def apply_caption_dropout(prompts: list[str], probability: float, generators: li
     return ["" if d else p for p, d in zip(prompts, drop, strict=True)]
 
 
+def objective_label(model) -> str | None:
+    """What the training loss measures, for the report: losses of different objectives are not comparable."""
+    objective = getattr(model, "objective", None)
+    label = getattr(objective, "label", None)
+    if isinstance(label, str):
+        return label
+    return "flow matching" if callable(objective) else None  # LTX builds its objective per token count
+
+
 def objective_value(objective: str, summary: dict, eval_report: dict | None) -> float | None:
     """``final_loss`` or ``<metric>/<score>`` of the end-of-training evaluation."""
     if objective == "final_loss":
@@ -465,7 +474,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         return {
             "train/loss": loss, "train/lr": lr, "train/grad_norm": self.grad_norm,
-            "train/samples_per_s": samples / max(elapsed, 1e-9),
+            "train/samples_per_s": samples / max(elapsed, 1e-9), "train/step_s": elapsed,
             "train/peak_mem_mb": peak_memory_mb(self.accelerator.device), "train/epoch": self.state.epoch,
             "train/skipped_nonfinite": self.state.skipped_nonfinite,
         }
@@ -630,7 +639,8 @@ class Trainer:
         summary = {"final_loss": last.get("train/loss"), "finished": finished, "final_dir": final_dir,
                    "resumed_from": self.resumed_from, "resume_changes": self.resume_changes, **asdict(self.state),
                    "cache": asdict(self.cache.stats) if self.cache else None,
-                   "prompts_truncated": TruncatedPrompts.count, "prompt_truncated_example": TruncatedPrompts.example}
+                   "prompts_truncated": TruncatedPrompts.count, "prompt_truncated_example": TruncatedPrompts.example,
+                   "objective_kind": objective_label(self.model)}
         summary["objective"] = objective_value(cfg.objective, summary, self.eval_report)
         self.tracker.summary({**{"params/" + k: v for k, v in self.param_counts.items()}, **summary})
         return summary

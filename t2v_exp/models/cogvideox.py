@@ -60,7 +60,7 @@ def build_tiny_vae(out_dir: Path) -> None:
     torch.manual_seed(0)
     vae = tiny_vae()
     figures = fit_video_vae(vae, shapes_clips())
-    vae.save_pretrained(out_dir, safe_serialization=True)
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
     (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
@@ -71,7 +71,7 @@ def fitted_tiny_vae():
     if tiny.building_from_bundle():
         return tiny_vae()
     return AutoencoderKLCogVideoX.from_pretrained(
-        tiny.tiny_checkpoint("cogvideox_vae", builder=build_tiny_vae, version=TINY_VERSION))
+        tiny.shared_vae_dir("cogvideox_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
 
 
 def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:

@@ -17,6 +17,17 @@ class CheckpointNotAvailableError(RuntimeError):
     """A pretrained checkpoint could not be found locally nor fetched from the hub."""
 
 
+def download_command() -> str:
+    """The installed huggingface_hub's download CLI: ``hf download`` (1.x and later), else ``huggingface-cli``."""
+    try:
+        from importlib.metadata import version
+
+        major = int(version("huggingface_hub").split(".")[0])
+    except Exception:  # noqa: BLE001 - no metadata: the name every release since 1.0 installs
+        major = 1
+    return "hf download" if major >= 1 else "huggingface-cli download"
+
+
 def resolve_pretrained(name_or_path: str, *, what: str, allow_patterns: list[str] | None = None) -> str:
     """Return a local directory for a hub id or local path, or raise one actionable error.
 
@@ -46,7 +57,7 @@ def resolve_pretrained(name_or_path: str, *, what: str, allow_patterns: list[str
         raise CheckpointNotAvailableError(
             f"{what}: cannot load '{name_or_path}': it is not a local directory, not in the Hugging Face "
             f"cache, and the hub could not be reached ({type(exc).__name__}). On a machine with network run\n"
-            f"    huggingface-cli download {name_or_path} --local-dir /path/to/{name_or_path.split('/')[-1]}\n"
+            f"    {download_command()} {name_or_path} --local-dir /path/to/{name_or_path.split('/')[-1]}\n"
             f"copy that directory here and set model.pretrained=/path/to/{name_or_path.split('/')[-1]}. "
             f"For an offline try-out use a tiny twin instead, e.g. model=cogvideox_tiny."
         ) from exc

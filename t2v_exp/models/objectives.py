@@ -71,6 +71,7 @@ class DDPMObjective:
     def __init__(self, scheduler, *, offset_noise: float = 0.0, min_snr_gamma: float | None = None):
         self.scheduler = scheduler
         self.prediction_type = scheduler.config.prediction_type
+        self.label = f"DDPM {'v-prediction' if self.prediction_type == 'v_prediction' else 'epsilon'}"
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported scheduler prediction_type '{self.prediction_type}' "
                              "(expected epsilon or v_prediction)")
@@ -127,6 +128,8 @@ class FlowMatchingObjective:
         self.num_train_timesteps = num_train_timesteps
         # Wan 2.2's experts each train on part of the range: sigmas are mapped into [low, high).
         self.sigma_range = sigma_range
+
+    label = "flow matching (velocity)"
 
     def draw_sigmas(self, generators: list[torch.Generator]) -> torch.Tensor:
         if self.sampling == "uniform":

@@ -26,7 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 #: Bump when a builder changes so stale twins in users' caches are rebuilt.
-TINY_VERSION = "3"
+TINY_VERSION = "4"  # 4: shared fitted VAEs in a vae/ subfolder, committed fits
 CLIP_MERGES = 2000  # first N merges of CLIP's BPE: a valid, much smaller vocabulary
 TEXT_DIM = 32
 T5_MAX_TOKENS = 32  # every shapes caption fits (26 tokens at most); 16 cut 46 of 61
@@ -110,8 +110,28 @@ def build_image_vae(out_dir: Path) -> None:
     torch.manual_seed(0)
     vae = image_vae()
     figures = fit_image_vae(vae, shapes_frames())
-    vae.save_pretrained(out_dir, safe_serialization=True)
+    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
     (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def random_vae_builder(make_vae: Callable) -> Callable[[Path], None]:
+    """A builder that saves an unfitted VAE in the fitted one's layout: a committed fit is written over it."""
+
+    def build(out_dir: Path) -> None:
+        torch.manual_seed(0)
+        make_vae().save_pretrained(out_dir / "vae", safe_serialization=True)
+
+    return build
+
+
+def shared_vae_dir(name: str, fit_builder: Callable[[Path], None], make_vae: Callable, version: str = "") -> str:
+    """Directory (with a ``vae/`` subfolder) of the shared fitted VAE ``name``: the committed fit in
+    t2v_exp/tiny_bases when there is one (no fitting on any user or CI machine), else fitted here once."""
+    from .. import tiny_bases
+
+    if tiny_bases.bundle_dir(name) is not None:
+        return tiny_bases.pretrained_twin(name, None, builder=random_vae_builder(make_vae), version=version)
+    return tiny_checkpoint(name, builder=fit_builder, version=version)
 
 
 _VAE_FROM_BUNDLE = False
@@ -141,7 +161,7 @@ def fitted_image_vae():
 
     if building_from_bundle():
         return image_vae()
-    return AutoencoderKL.from_pretrained(tiny_checkpoint("image_vae"))
+    return AutoencoderKL.from_pretrained(shared_vae_dir("image_vae", build_image_vae, image_vae), subfolder="vae")
 
 
 #: Tiny parts shared by several families; each family's own twins are built by its module's

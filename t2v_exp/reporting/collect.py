@@ -49,6 +49,9 @@ class JobRow:
     model: str = "?"
     family: str | None = None
     dataset: str = "?"
+    domain: str | None = None  # the shapes slice a job trained on (dataset.domain), when it has one
+    objective: str | None = None  # what the loss measures (DDPM epsilon / v-prediction, flow matching)
+    s_per_step: float | None = None  # median seconds per optimizer step (cost)
     experiment: str | None = None
     finetune: str | None = None
     lora_rank: int | None = None
@@ -212,6 +215,7 @@ def _read_config(row: JobRow, directory: Path) -> None:
     dataset = config.get("dataset") if isinstance(config, dict) else None
     if isinstance(dataset, dict):
         row.dataset = str(dataset.get("name") or row.dataset)
+        row.domain = str(dataset["domain"]) if dataset.get("domain") else None
 
 
 def _read_summary(row: JobRow, directory: Path) -> None:
@@ -222,6 +226,7 @@ def _read_summary(row: JobRow, directory: Path) -> None:
     if row.trainable_pct is None and trainable is not None and total:
         row.trainable_pct = 100.0 * trainable / total
     row.final_loss = number(summary.get("final_loss"))
+    row.objective = summary.get("objective_kind") if isinstance(summary.get("objective_kind"), str) else None
 
 
 def _read_metrics_log(row: JobRow, directory: Path) -> None:
@@ -229,7 +234,7 @@ def _read_metrics_log(row: JobRow, directory: Path) -> None:
         lines = (directory / "metrics.jsonl").read_text().splitlines()
     except OSError:
         return
-    peaks = []
+    peaks, step_seconds = [], []
     for line in lines:
         try:
             record = json.loads(line)
@@ -243,7 +248,12 @@ def _read_metrics_log(row: JobRow, directory: Path) -> None:
         peak = number(record.get("train/peak_mem_mb"))
         if peak is not None:
             peaks.append(peak)
+        seconds = number(record.get("train/step_s"))
+        if seconds is not None:
+            step_seconds.append(seconds)
     row.peak_mem_mb = max(peaks) if peaks else None
+    if step_seconds:  # the median: the first steps (compilation, caches) and stalls do not count
+        row.s_per_step = sorted(step_seconds)[len(step_seconds) // 2]
     if row.final_loss is None and row.losses:
         row.final_loss = row.losses[-1][1]  # summary.json is only complete for finished jobs
 

@@ -38,8 +38,11 @@ esc = html.escape
 
 
 def rel(path: Path, start: Path) -> str:
-    """A link from the page's folder: works from file:// and after moving the whole sweep dir."""
-    return esc(os.path.relpath(path, start).replace(os.sep, "/"), quote=True)
+    """A link from the page's folder: works from file:// and after moving the whole sweep dir.
+    Percent-encoded, so a prompt slug or run name with '#', '?', '%' or spaces still links to its file."""
+    from urllib.parse import quote
+
+    return esc(quote(os.path.relpath(path, start).replace(os.sep, "/"), safe="/"), quote=True)
 
 
 def video_tag(path: Path | None, out_dir: Path, what: str) -> str:

@@ -32,7 +32,11 @@ def labels(rows: list[JobRow]) -> dict[str, str]:
             for row in rows}
 
 
+OBJECTIVE_NOTE = "losses of different objectives (epsilon, v-prediction, flow matching) are not comparable"
+
+
 def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
+    """One panel per training objective: an epsilon loss and a v-prediction loss share no scale."""
     curves = [r for r in rows if r.losses]
     if not curves:
         return None
@@ -40,19 +44,74 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     names = labels(rows)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups: dict[str, list[JobRow]] = {}
     for row in curves:
-        steps, losses = zip(*sorted(row.losses), strict=True)
-        # A job that died still shows how far it got, dashed so it is not read as a finished curve.
-        style = "-" if row.ok else "--"
-        label = names[row.name] + ("" if row.ok else f" ({row.status})")
-        ax.plot(steps, losses, style, label=label, linewidth=1.3, marker="." if len(steps) < 30 else None)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        groups.setdefault(row.objective or "objective not recorded", []).append(row)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
+    for ax, (objective, members) in zip(axes[0], groups.items(), strict=True):
+        for row in members:
+            steps, losses = zip(*sorted(row.losses), strict=True)
+            # A job that died still shows how far it got, dashed so it is not read as a finished curve.
+            style = "-" if row.ok else "--"
+            label = names[row.name] + ("" if row.ok else f" ({row.status})")
+            ax.plot(steps, losses, style, label=label, linewidth=1.3, marker="." if len(steps) < 30 else None)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"Training loss: {objective}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if len(groups) > 1:
+        fig.suptitle(OBJECTIVE_NOTE, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _frames(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return [frames[0], frames[len(frames) // 2], frames[-1]] if frames else [np.zeros((8, 8, 3), np.uint8)] * 3
+
+
+def frame_grid(rows: list[JobRow], path: Path, max_prompts: int = 3) -> Path | None:
+    """First / middle / last frame per model per prompt, base above fine-tuned (same prompt, same seed):
+    a still picture of what fine-tuning changed, readable where the videos do not play."""
+    from .collect import prompt_label
+
+    with_pairs = [r for r in rows if any(b is not None and t is not None for _, b, t in r.videos)]
+    if not with_pairs:
+        return None
+    # The prompts every job evaluated (a controlled comparison shares them all); jobs on different data
+    # share none, and then each shows its own first prompt.
+    shared = set.intersection(*({n for n, b, t in r.videos if b is not None and t is not None} for r in with_pairs))
+    prompts = [n for n, _, _ in with_pairs[0].videos if n in shared][:max_prompts]
+    plt = _pyplot()
+    names = labels(rows)
+    columns = max(1, len(prompts)) * 3
+    fig, axes = plt.subplots(2 * len(with_pairs), columns, figsize=(1.3 * columns, 1.45 * 2 * len(with_pairs)),
+                             squeeze=False)
+    for r_index, row in enumerate(with_pairs):
+        by_name = {n: (b, t) for n, b, t in row.videos}
+        shown = prompts or [next(n for n, b, t in row.videos if b is not None and t is not None)]
+        for p_index, name in enumerate(shown):
+            for side, video in enumerate(by_name.get(name, (None, None))):
+                frames = _frames(video) if video is not None else []
+                for f_index in range(3):
+                    ax = axes[2 * r_index + side][3 * p_index + f_index]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if f_index < len(frames):
+                        ax.imshow(frames[f_index], interpolation="nearest")
+                    if f_index == 0 and p_index == 0:
+                        ax.set_ylabel(f"{names[row.name]}\n{'base' if side == 0 else 'fine-tuned'}", fontsize=7)
+                    if r_index == 0 and side == 0:
+                        ax.set_title(("first", "middle", "last")[f_index] + ("\n" + prompt_label(name)[:28]
+                                     if f_index == 1 else ""), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

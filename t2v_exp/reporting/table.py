@@ -103,11 +103,13 @@ def columns(rows: list[JobRow]) -> list[Column]:
         Column("job", lambda r: r.name),
         Column(STATUS, status_text),
         Column("model", lambda r: r.model),
-        Column("dataset", lambda r: r.dataset),
+        Column("dataset", lambda r: r.dataset + (f" ({r.domain})" if r.domain else "")),
+        Column("objective", lambda r: r.objective or DASH),
         Column("fine-tune", lambda r: r.finetune_label),
         Column("trainable params (% of base)", fmt_params),
         Column("wall time", lambda r: fmt_duration(r.wall_time_s)),
         Column("GPU-hours", fmt_gpu_hours),
+        Column("s/step", lambda r: fmt(r.s_per_step, 3)),
         Column("peak mem (MB)", lambda r: fmt(round(r.peak_mem_mb)) if r.peak_mem_mb is not None else DASH),
         Column("final loss", lambda r: fmt(r.final_loss)),
     ]
@@ -124,14 +126,14 @@ WANDB_SCORE_FIELDS = ("base", "base ci_low", "base ci_high", "tuned", "tuned ci_
 def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
     """The same table with typed cells (numbers stay numbers), so W&B can sort and chart it."""
     pairs = metric_columns(rows)
-    header = ["job", "model", "family", "dataset", "finetune", "lora_rank", "trainable_params", "trainable_pct",
+    header = ["job", "model", "family", "dataset", "domain", "objective", "s_per_step", "finetune", "lora_rank", "trainable_params", "trainable_pct",
               "wall_time_s", "gpu_hours", "peak_mem_mb", "final_loss"]
     for m, k in pairs:
         header += [f"{m}/{k} {field}" for field in WANDB_SCORE_FIELDS]
     header += ["status", "error"]
     data = []
     for r in rows:
-        line = [r.name, r.model, r.family, r.dataset, r.finetune, r.lora_rank, r.trainable, r.trainable_pct,
+        line = [r.name, r.model, r.family, r.dataset, r.domain, r.objective, r.s_per_step, r.finetune, r.lora_rank, r.trainable, r.trainable_pct,
                 r.wall_time_s, r.gpu_hours, r.peak_mem_mb, r.final_loss]
         for m, k in pairs:
             before, after = r.before.get(m, {}).get(k), r.after.get(m, {}).get(k)

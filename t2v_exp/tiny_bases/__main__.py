@@ -14,16 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="commit a finished pretraining run as a tiny base")
     rec.add_argument("run_dir")
+    vae = sub.add_parser("record-vae", help="fit a shared tiny VAE afresh and commit it")
+    vae.add_argument("name", help="image_vae | cogvideox_vae")
     sub.add_parser("list", help="the committed tiny bases and their oracle scores")
     args = parser.parse_args(argv)
-    if args.command == "record":
-        from .record import record
+    if args.command in ("record", "record-vae"):
+        from .record import record, record_vae
 
-        out = record(args.run_dir)
+        out = record(args.run_dir) if args.command == "record" else record_vae(args.name)
         print(f"Wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
         return 0
     for path in sorted(BUNDLE_ROOT.glob("*/record.json")):
         r = json.loads(path.read_text())
+        if "oracle" not in r:
+            print(f"{r['twin']:<16} {r['kind']}: {r['fit']['psnr_db']:.1f} dB round trip ({r['recipe']})")
+            continue
         scores = r["oracle"]["scores"]
         print(f"{r['twin']:<16} {r['steps']:>6} steps  color {scores['color_ok']['value']:.2f}  "
               f"direction {scores['direction_ok']['value']:.2f}  ({r['recipe']})")

@@ -56,10 +56,8 @@ def twin_components(twin_root: Path) -> list[str]:
 
 def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
     """Write ``out_root/<twin>/`` from pretraining run ``run_dir``; returns that directory."""
-    import torch
     from hydra.utils import get_class
     from omegaconf import OmegaConf
-    from safetensors.torch import load_file, save_file
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -78,19 +76,8 @@ def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
     trained = Path(summary["final_dir"])
 
     out = out_root / twin
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*"):
-        stale.unlink()
-    files = {}
-    for component in twin_components(twin_root):
-        source = trained / component if (trained / component).is_dir() else twin_root / component
-        (weights,) = sorted(source.glob("*.safetensors"))
-        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
-        target = out / f"{component}.safetensors"
-        save_file(tensors, str(target), metadata={"format": "pt"})
-        (out / f"{component}.config.json").write_text((source / "config.json").read_text())
-        files[target.name] = sha256(target)
-        files[f"{component}.config.json"] = sha256(out / f"{component}.config.json")
+    sources = {c: trained / c if (trained / c).is_dir() else twin_root / c for c in twin_components(twin_root)}
+    files = write_bundle(out, sources)
     overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     recipe_overrides = [o for o in overrides if not str(o).startswith(("hydra.", "logger="))]
     rec = {
@@ -105,11 +92,61 @@ def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
         "domain": str(cfg.dataset.domain),
         "oracle": oracle_scores(run_dir),
         "dtype": "float16 (trained in float32)",
-        "components": {c: ("trained" if (trained / c).is_dir() else "from the random twin")
+        "components": {c: ("trained" if (trained / c).is_dir() else "as in the twin it started from (not trained)")
                        for c in twin_components(twin_root)},
-        "files": files,
-        "bundle_sha256": hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest(),
-        "recorded": dt.date.today().isoformat(),
+        **file_fields(files),
     }
+    (out / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return out
+
+
+def write_bundle(out: Path, sources: dict[str, Path]) -> dict[str, str]:
+    """``out/<component>.safetensors`` (float16) and ``.config.json`` from each source dir; their sha256s."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*"):
+        stale.unlink()
+    files = {}
+    for component, source in sources.items():
+        (weights,) = sorted(source.glob("*.safetensors"))
+        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
+        target = out / f"{component}.safetensors"
+        save_file(tensors, str(target), metadata={"format": "pt"})
+        (out / f"{component}.config.json").write_text((source / "config.json").read_text())
+        files[target.name] = sha256(target)
+        files[f"{component}.config.json"] = sha256(out / f"{component}.config.json")
+    return files
+
+
+def file_fields(files: dict[str, str]) -> dict:
+    return {"files": files, "recorded": dt.date.today().isoformat(),
+            "bundle_sha256": hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()}
+
+
+# Shared VAEs fitted to the shapes data: (module, fitting builder). Committed so no machine fits them.
+FITTED_VAES = {"image_vae": ("t2v_exp.models.tiny", "build_image_vae"),
+               "cogvideox_vae": ("t2v_exp.models.cogvideox", "build_tiny_vae")}
+
+
+def record_vae(name: str, out_root: Path = BUNDLE_ROOT) -> Path:
+    """Fit shared VAE ``name`` afresh (never from an earlier bundle) and commit it with its fit figures."""
+    import importlib
+    import tempfile
+
+    if name not in FITTED_VAES:
+        raise ConfigError(f"unknown fitted VAE '{name}'; valid: {sorted(FITTED_VAES)}")
+    module_name, builder_name = FITTED_VAES[name]
+    builder = getattr(importlib.import_module(module_name), builder_name)
+    with tempfile.TemporaryDirectory(prefix=f"t2v_fit_{name}_") as staging:
+        fitted = Path(staging)
+        builder(fitted)
+        fit = json.loads((fitted / "fit.json").read_text())
+        out = out_root / name
+        files = write_bundle(out, {"vae": fitted / "vae"})
+    rec = {"twin": name, "kind": "fitted VAE (shared by the tiny twins)",
+           "recipe": f"python -m t2v_exp.tiny_bases record-vae {name}", "fit": fit, "machine": machine(),
+           "dtype": "float16 (fitted in float32)", **file_fields(files)}
     (out / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
     return out
