@@ -89,25 +89,42 @@ def reference_clips(dataset, count: int, split: str = "validation") -> tuple[tor
     return torch.stack(items), [f"{split}[{i}]" for i in range(count)]
 
 
+FOLDER_MAX_SIDE = 512  # scored videos are resized to at most this long side (every metric resizes below it)
+
+
+def folder_geometry(infos) -> tuple[int, int]:
+    """The most common frame size among the files, scaled down to FOLDER_MAX_SIDE on its long side
+    (even numbers): one odd or huge file no longer sets the size, and memory, of every clip."""
+    from collections import Counter
+
+    (height, width), _ = Counter((i.height, i.width) for i in infos).most_common(1)[0]
+    scale = min(1.0, FOLDER_MAX_SIDE / max(height, width))
+    return max(2, int(height * scale) // 2 * 2), max(2, int(width * scale) // 2 * 2)
+
+
 @torch.no_grad()
 def load_video_folder(folder: str | Path, *, num_frames: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Every video file of a folder (sorted), at the first file's size and the shortest length;
-    returns the clips and their file names."""
-    from .data.video_io import VideoDecodeError, probe_video, read_clip
+    """Every video file of a folder (sorted), at the most common size (long side at most
+    FOLDER_MAX_SIDE) and the shortest length; returns the clips and their file names. Files whose
+    header declares more than the media limits (decompression bombs) are skipped, never decoded."""
+    from .data.video_io import VideoDecodeError, check_media_limits, probe_video, read_clip
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"videos={folder} is not a directory")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     infos = [probe_video(p) for p in paths]
-    good = [(p, i) for p, i in zip(paths, infos, strict=True) if i.decodable and i.num_frames > 0]
+    good = []
     for path, info in zip(paths, infos, strict=True):
-        if not info.decodable:
-            log.warning("skipping %s: %s", path, info.error)
+        refused = check_media_limits(info) if info.decodable else None
+        if not info.decodable or refused:
+            log.warning("skipping %s: %s", path, refused or info.error)
+        elif info.num_frames > 0:
+            good.append((path, info))
     if not good:
         raise FileNotFoundError(f"videos={folder}: no decodable video files ({', '.join(VIDEO_SUFFIXES)})")
     frames = num_frames or min(info.num_frames for _, info in good)
-    height, width = good[0][1].height, good[0][1].width
+    height, width = folder_geometry([info for _, info in good])
     clips, names = [], []
     for path, _ in tqdm(good, desc="read videos", leave=False):
         try:

@@ -56,3 +56,30 @@ def test_generate_refuses_bad_requests_before_loading_anything(tmp_path):
     frames = run_module("t2v_exp.generate", "model=cogvideox_tiny", "prompt=a red circle", "num_frames=10",
                         f"hydra.run.dir={tmp_path}/b")
     assert frames.returncode != 0 and "model.num_frames=10" in frames.stderr, frames.stderr[-2000:]
+
+
+def test_the_model_card_is_hub_metadata_and_its_snippet_loads_the_weights(tiny_run):
+    import re
+
+    import yaml
+
+    card = (tiny_run / "final" / "README.md").read_text()
+    header = yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", card, re.S).group(1))
+    assert header["library_name"] == "diffusers" and header["license"] == "cc-by-nc-4.0"
+    assert {"text-to-video", "modelscope", "lora"} <= set(header["tags"])
+    assert "base_model" not in header  # a tiny twin is not a Hub model
+    assert "rank 4, alpha 4.0" in card and "2 optimizer steps" in card and "domain `vertical_motion`" in card
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("<this folder>", str(tiny_run / "final"))
+    scope: dict = {}
+    exec(snippet, scope)  # the snippet as a user pastes it
+    unet = scope["pipe"].unet
+    assert any("lora" in name for name, _ in unet.named_parameters())
+
+
+def test_push_to_hub_offline_says_why_and_how_to_upload_later(tmp_path, monkeypatch):
+    from t2v_exp.model_card import push_to_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = push_to_hub(tmp_path, "me/my-lora")
+    assert "not uploaded" in message and f"hf upload me/my-lora {tmp_path}" in message
+    assert "needs hub_repo_id" in push_to_hub(tmp_path, None)

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import zlib
 
+import numpy as np
 import pytest
 
 from t2v_exp.data.folder import VideoFolderDataset
@@ -285,3 +286,19 @@ def test_line_aligned_videos_file_cannot_escape_either(tmp_path):
                             report_dir=str(run), max_bad_fraction=0.5, **GEOMETRY)
     assert ds.captions() == ["first"]
     assert f"{root / 'videos.txt'}:2" in read_report(run)["b.mp4"]
+
+
+def test_scoring_a_folder_skips_bombs_and_sizes_clips_by_the_common_frame_size(tmp_path):
+    """evaluate videos=DIR: a huge first file no longer sets the size (and memory) of every clip."""
+    from t2v_exp.data.video_io import write_video
+    from t2v_exp.evaluation import FOLDER_MAX_SIDE, load_video_folder
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "000_bomb.gif").write_bytes(gif_bomb(16000, 16000))
+    write_video(folder / "001_big.mp4", np.full((8, 1200, 1200, 3), 90, np.uint8), fps=8)
+    for i in range(2, 5):
+        write_video(folder / f"00{i}_small.mp4", np.full((8, 48, 64, 3), 30 * i, np.uint8), fps=8)
+    clips, names = load_video_folder(folder)
+    assert names == ["001_big.mp4", "002_small.mp4", "003_small.mp4", "004_small.mp4"]
+    assert tuple(clips.shape[-2:]) == (48, 64) and max(clips.shape[-2:]) <= FOLDER_MAX_SIDE

@@ -36,8 +36,10 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, *, motion_adapte
     linear betas), with our exported motion LoRA when given."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 
-    base = common.resolve_pretrained(pretrained, what="AnimateDiff base (SD1.5)", allow_patterns=SD_SUBFOLDERS)
-    adapter_dir = common.resolve_pretrained(motion_adapter, what="AnimateDiff motion adapter")
+    base = common.checkpoint_dir(pretrained, None, what="AnimateDiff base (SD1.5)", allow_patterns=SD_SUBFOLDERS,
+                                 tiny_builders=TINY_BUILDERS)
+    adapter_dir = common.checkpoint_dir(motion_adapter, None, what="AnimateDiff motion adapter",
+                                        tiny_builders=TINY_BUILDERS)
     adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=torch_dtype)
     pipe = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=torch_dtype)
     pipe.scheduler = motion_schedulers(DDIMScheduler.from_pretrained(base, subfolder="scheduler").config)[1]

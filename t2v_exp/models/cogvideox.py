@@ -24,7 +24,8 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     """The stock CogVideoXPipeline from a hub id or local dir, with our exported LoRA when given."""
     from diffusers import CogVideoXPipeline
 
-    root = common.resolve_pretrained(pretrained, what="CogVideoX", allow_patterns=SUBFOLDERS)
+    root = common.checkpoint_dir(pretrained, None, what="CogVideoX", allow_patterns=SUBFOLDERS,
+                                 tiny_builders=TINY_BUILDERS, tiny_version=TINY_VERSION)
     pipe = CogVideoXPipeline.from_pretrained(root, torch_dtype=torch_dtype)
     if lora_dir:
         pipe.load_lora_weights(lora_dir)

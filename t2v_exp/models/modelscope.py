@@ -57,7 +57,8 @@ def lora_unet_class():
 
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
     """A ModelScope pipeline that can take our exported LoRA with ``load_lora_weights``."""
-    root = common.resolve_pretrained(pretrained, what="ModelScope", allow_patterns=SUBFOLDERS)
+    root = common.checkpoint_dir(pretrained, None, what="ModelScope", allow_patterns=SUBFOLDERS,
+                                 tiny_builders=TINY_BUILDERS)  # tiny:modelscope works here too
     unet = lora_unet_class().from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
     pipe = text_to_video_pipeline_class().from_pretrained(root, unet=unet, torch_dtype=torch_dtype)
     if lora_dir:
