@@ -39,7 +39,7 @@ def test_every_committed_file_is_the_one_its_record_names(twin):
 def test_the_shared_vaes_are_committed_fits():
     assert FITTED_VAES == ["cogvideox_vae", "image_vae"]
     for name in FITTED_VAES:
-        assert RECORDS[name]["fit"]["psnr_db"] > 25 and RECORDS[name]["recipe"].endswith(f"record-vae {name}")
+        assert RECORDS[name]["fit"]["psnr_db"] > {"image_vae": 28, "cogvideox_vae": 20}[name] and RECORDS[name]["recipe"].endswith(f"record-vae {name}")
 
 
 def test_the_fitted_image_vae_is_the_committed_one():
