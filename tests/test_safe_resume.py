@@ -81,7 +81,7 @@ def test_resume_latest_takes_the_newest_compatible_run_and_says_what_it_passed_o
     (["gpu.batch_size=1", "gpu.gradient_accumulation_steps=2"],  # same global batch, other data position unit
      ["batch.per_micro_step (batch_size x processes): 2 -> 1"]),
     (["gpu.batch_size=4"], ["batch.global (batch_size x gradient_accumulation_steps x processes): 2 -> 4"]),
-    (["dataset.domain=vertical", "dataset.num_videos=6"], ["dataset.domain: 'horizontal' -> 'vertical'",
+    (["dataset.domain=vertical", "dataset.num_videos=6"], ["dataset.domain: 'vertical_motion' -> 'vertical'",
                                                            "dataset.num_videos: 4 -> 6"]),
     (["model.finetune=full"], ["model.finetune: 'lora' -> 'full'"]),
     (["model=cogvideox_tiny"], ["model.name: 'modelscope_tiny' -> 'cogvideox_tiny'"]),

@@ -26,10 +26,13 @@ def test_seed_study_presets_and_tiny_twins_exist():
 def test_every_experiment_composes(experiment, compose_train, tmp_path):
     cfg = compose_train([f"experiment={experiment}"], run_dir=tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    family = experiment.split("_")[0]
+    pretraining = experiment.startswith("pretrain_tiny_")  # a base from random init: nothing to compare
+    family = experiment.removeprefix("pretrain_tiny_").split("_")[0]
     assert resolved["model"]["family"] == family
-    assert resolved["train"]["evaluate_base"] and resolved["train"]["evaluate_at_end"]
-    if experiment.endswith("_tiny"):
+    assert resolved["train"]["evaluate_at_end"] and resolved["train"]["evaluate_base"] != pretraining
+    if pretraining:
+        assert resolved["model"]["pretrained"].endswith("@random") and resolved["model"]["finetune"] == "full"
+    elif experiment.endswith("_tiny"):
         assert resolved["model"]["name"].endswith("_tiny") and resolved["dataset"]["name"] == "shapes"
     else:
         assert resolved["precision"]["mixed_precision"].value == "bf16"

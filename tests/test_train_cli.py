@@ -16,7 +16,9 @@ from .conftest import FAMILIES, NO_EVAL, REPO
 
 def run_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *NO_EVAL, *overrides], cwd=REPO, env=env,
+    flags = [o for o in overrides if o.startswith("-")]  # Hydra's own flags (-m) before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    return subprocess.run([sys.executable, "-m", "t2v_exp.train", *flags, *NO_EVAL, *rest], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

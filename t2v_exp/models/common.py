@@ -224,12 +224,12 @@ def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_pattern
     """
     if spec and spec.startswith(TINY_PREFIX):
         from .. import tiny_bases
-        from .tiny import tiny_checkpoint
+        from .tiny import pretrained_twin, tiny_checkpoint
 
         name, pretrained = tiny_bases.parse_tiny_spec(spec[len(TINY_PREFIX):])
         builder = (tiny_builders or {}).get(name)
         if builder is not None and pretrained:
-            return tiny_bases.pretrained_twin(name, cache_dir, builder=builder, version=tiny_version)
+            return pretrained_twin(name, cache_dir, builder=builder, version=tiny_version)
         return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version if builder else "")
     return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)
 
@@ -287,11 +287,20 @@ def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]
 @torch.no_grad()
 def adapter_generate(model, prompts: list[str], *, num_inference_steps: int, guidance_scale: float,
                      generator: torch.Generator) -> torch.Tensor:
-    """Sample with the family's own pipeline and geometry: [B, F, C, H, W] floats in [0, 1] on the CPU."""
-    out = model.pipeline()(
-        prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-        generator=generator, output_type="pt", **model.generation_kwargs(),
-    )
+    """Sample with the family's own pipeline and geometry: [B, F, C, H, W] floats in [0, 1] on the CPU.
+
+    Always in eval mode: a denoiser left in training mode would sample with its dropout on (UNet3D's
+    temporal convs drop 10%), so the same prompt and seed would not give the stock pipeline's video."""
+    denoiser = model.denoiser
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        out = model.pipeline()(
+            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, output_type="pt", **model.generation_kwargs(),
+        )
+    finally:
+        denoiser.train(was_training)
     return to_unit_range(out.frames)
 
 

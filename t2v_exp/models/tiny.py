@@ -130,7 +130,7 @@ def shared_vae_dir(name: str, fit_builder: Callable[[Path], None], make_vae: Cal
     from .. import tiny_bases
 
     if tiny_bases.bundle_dir(name) is not None:
-        return tiny_bases.pretrained_twin(name, None, builder=random_vae_builder(make_vae), version=version)
+        return pretrained_twin(name, None, builder=random_vae_builder(make_vae), version=version)
     return tiny_checkpoint(name, builder=fit_builder, version=version)
 
 
@@ -211,3 +211,17 @@ def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def pretrained_twin(name: str, cache_dir, *, builder: Callable[[Path], None], version: str) -> str:
+    """The directory of twin ``name`` with its committed base (t2v_exp/tiny_bases) written over the
+    random twin ``builder`` makes; built once per cache, rebuilt when the committed files change."""
+    from .. import tiny_bases
+
+    def build(out_dir: Path) -> None:
+        with vae_weights_from_bundle() if "vae" in tiny_bases.bundle_files(name) else contextlib.nullcontext():
+            builder(out_dir)
+        tiny_bases.apply_bundle(out_dir, name)
+
+    return tiny_checkpoint(f"{name}_base", cache_dir, builder=build,
+                           version=f"{version}|base-{tiny_bases.bundle_fingerprint(name)}")

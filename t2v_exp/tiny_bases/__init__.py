@@ -74,20 +74,3 @@ def apply_bundle(twin_dir: Path, name: str) -> None:
         if config.is_file():  # e.g. the fitted VAE's scaling_factor
             (twin_dir / component / "config.json").write_text(config.read_text())
         del current, committed
-
-
-def pretrained_twin(name: str, cache_dir, *, builder, version: str) -> str:
-    """The directory of twin ``name`` with its committed base applied (built once per cache)."""
-    from ..models.tiny import tiny_checkpoint
-
-    def build(out_dir: Path) -> None:
-        import contextlib
-
-        from ..models.tiny import vae_weights_from_bundle
-
-        with vae_weights_from_bundle() if "vae" in bundle_files(name) else contextlib.nullcontext():
-            builder(out_dir)
-        apply_bundle(out_dir, name)
-
-    return tiny_checkpoint(f"{name}_base", cache_dir, builder=build,
-                           version=f"{version}|base-{bundle_fingerprint(name)}")
