@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from .conftest import NO_EVAL, REPO
 
-COMMON = [*NO_EVAL, "train.max_steps=3", "logger=none", "validation.enabled=false", "train.max_grad_norm=0",
+# The random ModelScope twin: the trained base's temporal-conv dropout is not split-invariant yet (see test_faults.py)
+COMMON = [*NO_EVAL, "model.pretrained=tiny:modelscope@random", "train.max_steps=3", "logger=none", "validation.enabled=false", "train.max_grad_norm=0",
           "optimizer.weight_decay=0", "dataset.num_videos=12"]
 
 
