@@ -61,6 +61,24 @@ def sample_generators(seed: int, step: int, keys: list[str]) -> list[torch.Gener
     return generators
 
 
+def dropout_seed(seed: int, step: int, micro: int, process: int) -> int:
+    """The global-RNG seed for one micro-batch's forward/backward. Dropout inside the denoiser
+    (UNet3D's temporal convs use p=0.1) draws from the global RNG; seeding it from the run's
+    position makes a resumed run draw the same masks as the uninterrupted one, whatever ran in
+    between (validation, evaluation, a checkpoint load)."""
+    state = np.random.SeedSequence([seed, step, micro, process, 0xD40]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Run a block on a global RNG seeded with `seed`, leaving the caller's RNG state untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -435,7 +453,9 @@ class Trainer:
             else:
                 latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
                 embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
-        with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast():
+        rng_seed = dropout_seed(settings.seed, self.state.step, micro, self.accelerator.process_index)
+        with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast(), \
+                seeded_global_rng(rng_seed, device):
             loss = self.model.training_loss(latents, embeds, generators)
             # Always backward, even on a NaN loss: every DDP rank must join the all-reduce; the
             # non-finite gradient norm then tells all ranks alike to skip the update.
