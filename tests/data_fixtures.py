@@ -93,30 +93,49 @@ def write_ssv2(root: Path, *, train: int = 6, validation: int = 2, videos_dir: s
     return root
 
 
-def write_msrvtt(root: Path, *, per_split: dict[str, int] | None = None, captions_per_video: int = 20) -> Path:
+# Where each distributed MSR-VTT layout keeps (annotation file, videos folder) per split.
+MSRVTT_LAYOUTS = {
+    "frozen": {"*": ("annotation/MSR_VTT.json", "videos/all")},  # the Frozen-in-Time MSRVTT.zip
+    "original": {"test": ("test_videodatainfo.json", "TestVideo"),  # the original release
+                 "*": ("train_val_videodatainfo.json", "TrainValVideo")},
+    "clip4clip": {"*": ("msrvtt_data/MSRVTT_data.json", "MSRVTT_Videos")},
+}
+
+
+def write_msrvtt(root: Path, *, per_split: dict[str, int] | None = None, captions_per_video: int = 20,
+                 layout: str = "frozen") -> Path:
     per_split = per_split or {"train": 3, "validate": 1, "test": 1}
-    videos, sentences = [], []
+    files: dict[str, dict] = {}
     number = 0
     for split, count in per_split.items():
+        annotation, videos_dir = MSRVTT_LAYOUTS[layout].get(split, MSRVTT_LAYOUTS[layout]["*"])
+        content = files.setdefault(annotation, {"videos": [], "sentences": []})
         for _ in range(count):
             video_id = f"video{number}"
-            videos.append({"video_id": video_id, "split": split, "category": 0})
-            sentences += [{"video_id": video_id, "caption": f"{video_id} caption {k}", "sen_id": len(sentences) + k}
-                          for k in range(captions_per_video)]
-            write_clip(root / "videos" / "all" / f"{video_id}.mp4", value=20 + 30 * number)
+            content["videos"].append({"video_id": video_id, "split": split, "category": 0})
+            content["sentences"] += [{"video_id": video_id, "caption": f"{video_id} caption {k}",
+                                      "sen_id": len(content["sentences"]) + k} for k in range(captions_per_video)]
+            write_clip(root / videos_dir / f"{video_id}.mp4", value=20 + 30 * number)
             number += 1
-    (root / "annotation").mkdir(parents=True, exist_ok=True)
-    (root / "annotation" / "MSR_VTT.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
+    for annotation, content in files.items():
+        (root / annotation).parent.mkdir(parents=True, exist_ok=True)
+        (root / annotation).write_text(json.dumps(content))
     return root
 
 
-def write_ubc_fashion(root: Path, *, train: int = 3, test: int = 1) -> Path:
-    """train/ and test/ folders of mp4 + a caption file (one name given with extension, one without)."""
+def write_ubc_fashion(root: Path, *, train: int = 3, test: int = 1, layout: str = "folders") -> Path:
+    """Videos + a caption file (one name given with extension, one without). ``layout``: "folders"
+    (train/ and test/), or "lists" (one crawled videos/ folder beside the distributed URL lists
+    fashion_train.txt / fashion_test.txt, which say the split)."""
     captions = {}
     for split, count in (("train", train), ("test", test)):
+        urls = []
         for i in range(count):
             name = f"{split}{i}-A1B2C3"
-            write_clip(root / split / f"{name}.mp4", value=50 + 30 * i)
+            write_clip(root / (split if layout == "folders" else "videos") / f"{name}.mp4", value=50 + 30 * i)
             captions[f"{name}.mp4" if i % 2 else name] = f"a model in a {split} dress number {i}"
+            urls.append(f"https://m.media-amazon.com/images/I/{name}.mp4")
+        if layout == "lists":
+            (root / f"fashion_{split}.txt").write_text("\n".join(urls) + "\n")
     (root / "captions.json").write_text(json.dumps(captions))
     return root

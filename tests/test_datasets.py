@@ -171,13 +171,32 @@ def test_ssv2_subset_is_seeded_and_class_balanced():
 # ----------------------------------------------------------------------------- ubc_fashion, msrvtt
 
 
-def test_ubc_fashion_train_and_test_folders(tmp_path):
-    write_ubc_fashion(tmp_path, train=3, test=1)
+@pytest.mark.parametrize("layout", ["folders", "lists"])
+def test_ubc_fashion_as_distributed(tmp_path, layout):
+    write_ubc_fashion(tmp_path, train=3, test=1, layout=layout)
     train = UBCFashionDataset(root=str(tmp_path), **GEOMETRY)
     assert sorted(train.captions()) == [f"a model in a train dress number {i}" for i in range(3)]
     check_item(train[2])
     test = UBCFashionDataset(root=str(tmp_path), split="validation", **GEOMETRY)
     assert test.captions() == ["a model in a test dress number 0"]
+
+
+@pytest.mark.parametrize("layout", ["frozen", "original", "clip4clip"])
+def test_msrvtt_layouts_are_found_without_settings(tmp_path, layout):
+    write_msrvtt(tmp_path, per_split={"train": 2, "validate": 1, "test": 2}, layout=layout)
+    for split, keys in (("train", ["video0", "video1"]), ("validation", ["video2"]), ("test", ["video3", "video4"])):
+        ds = MSRVTTDataset(root=str(tmp_path), split=split, **GEOMETRY)
+        assert [s.key for s in ds.samples] == keys
+        check_item(ds[0])
+
+
+def test_ubc_fashion_list_naming_missing_videos_says_where_they_are(tmp_path):
+    write_ubc_fashion(tmp_path, train=3, test=1, layout="lists")
+    (tmp_path / "videos").rename(tmp_path / "crawl")  # not a folder the lists are looked up in
+    with pytest.raises(TooManyBadSamplesError, match=r"3 of 3 samples are bad.*The videos are in .*crawl") as caught:
+        UBCFashionDataset(root=str(tmp_path), **GEOMETRY)
+    setting = str(caught.value).split("set dataset.videos_dir=")[1].split(" ")[0]  # pasted as printed
+    assert len(UBCFashionDataset(root=str(tmp_path), videos_dir=setting, **GEOMETRY)) == 3
 
 
 def test_msrvtt_random_caption_per_epoch_and_all_captions(tmp_path):

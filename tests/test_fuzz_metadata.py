@@ -15,6 +15,7 @@ from t2v_exp.data.sources import (
     MetadataError,
     Problem,
     Sample,
+    msrvtt_samples,
     read_caption_map,
     read_msrvtt,
     read_ssv2,
@@ -105,7 +106,13 @@ def test_random_ssv2_annotations(annotations, labels):
 ))
 def test_random_msrvtt_annotations(data):
     run_reader("MSR_VTT.json", json.dumps(data).encode(),
-               lambda path, root: read_msrvtt(path, split="train", videos_dir=root))
+               lambda path, root: msrvtt_from(path, root))
+
+
+def msrvtt_from(path, root):
+    entries, problems = read_msrvtt(path, split="train")
+    samples, missing = msrvtt_samples(entries, videos_dir=root)
+    return samples, problems + missing
 
 
 @FAST

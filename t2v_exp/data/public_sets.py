@@ -13,11 +13,13 @@ from __future__ import annotations
 import random
 
 from ..errors import ConfigError
+from .bad_data import MISSING
 from .datasets import IndexedClipDataset
 from .sources import (
     Problem,
     Sample,
     media_files,
+    msrvtt_samples,
     read_caption_map,
     read_msrvtt,
     read_ssv2,
@@ -61,15 +63,24 @@ def detect_file(base, value: str | None, key: str) -> str | None:
     return next((c for c in candidates if (base / c).is_file()), candidates[0])
 
 
+def best_folder(base, candidates: tuple[str, ...], names: list[str]) -> str:
+    """The candidate folder (relative to ``base``) holding the most of the first listed files; when
+    none holds any, the first that exists (its missing files then get the search hint)."""
+    probe = names[:PROBED_IDS]
+    hits = {d: sum((base / d / name).is_file() for name in probe) for d in candidates}
+    if not any(hits.values()):
+        return next((d for d in candidates if (base / d).is_dir()), candidates[0])
+    return max(candidates, key=lambda d: hits[d])
+
+
 def detect_videos_dir(base, annotations, extension: str) -> str:
-    """The candidate folder holding the most of the first annotated ids' videos ('' if none has any)."""
+    """The SSv2 folder holding the most of the first annotated ids' videos."""
     from .sources import load_json
 
     entries = load_json(annotations)
     ids = [str(e["id"]) for e in entries[:PROBED_IDS] if isinstance(e, dict) and "id" in e] if isinstance(
         entries, list) else []
-    hits = {d: sum((base / d / f"{i}{extension}").is_file() for i in ids) for d in SSV2_VIDEO_DIRS}
-    return max(SSV2_VIDEO_DIRS, key=lambda d: hits[d])
+    return best_folder(base, SSV2_VIDEO_DIRS, [f"{i}{extension}" for i in ids])
 
 
 def choose_subset(samples: list[Sample], size: int | None, *, seed: int, class_balance: bool) -> list[Sample]:
@@ -122,24 +133,49 @@ class SSv2Dataset(IndexedClipDataset):
 
 UBC_LAYOUT = """  <dataset.root>/
     train/*.mp4  test/*.mp4                  (dataset.split_dirs maps split -> folder)
+      or fashion_train.txt, fashion_test.txt (the distributed URL lists) with the videos in one folder
+         (dataset.videos_dir; auto: videos/, fashion/ or the root, found by the listed names)
     <dataset.captions_file>                  (Fashion-Text2Video style text descriptions, one of:
         {"<video name>": "text" | ["text", ...]}  or  [{"<name_field>": "91-3003CN5S.mp4",
         "<text_field>": "text"}, ...]  or the same records as JSON lines; names match by file stem)"""
 
 
+UBC_LIST_FOLDERS = ("videos", "fashion", "")  # where a crawl of the URL lists puts the videos
+
+
+def ubc_split_files(base, folder_name: str, videos_dir: str = AUTO) -> list:
+    """The split's videos: the files of ``<root>/<folder>/``, or, where the crawl kept one folder
+    (``videos_dir``; auto: found), the names in the distributed URL list ``fashion_<folder>.txt``
+    (each line's last path component)."""
+    folder = base / folder_name
+    url_list = base / f"fashion_{folder_name}.txt"
+    if folder.is_dir() or not url_list.is_file():
+        folder = require_path(folder, key="dataset.split_dirs", layout=UBC_LAYOUT, directory=True)
+        return media_files(folder, recursive=False, allow_images=False)
+    names = [line.strip().rstrip("/").rsplit("/", 1)[-1] for line in url_list.read_text().splitlines()]
+    names = [name for name in names if name]
+    if videos_dir == AUTO:
+        videos_dir = best_folder(base, UBC_LIST_FOLDERS, names)
+    folder = require_path(resolve(base, videos_dir) if videos_dir else base, key="dataset.videos_dir",
+                          layout=UBC_LAYOUT, directory=True)
+    return [folder / name for name in names]
+
+
 class UBCFashionDataset(IndexedClipDataset):
     def __init__(self, *, root: str, name: str = "ubc_fashion", captions_file: str = "captions.json",
                  name_field: str = "video", text_field: str = "caption", split_dirs: dict | None = None,
-                 **common):
+                 videos_dir: str = AUTO, **common):
         base = require_path(root, key="dataset.root", layout=UBC_LAYOUT, directory=True)
         split_dirs = split_dirs or {"train": "train", "validation": "test", "test": "test"}
         folder_name = split_name(common.get("split", "train"), split_dirs, "dataset.split_dirs")
-        folder = require_path(base / folder_name, key="dataset.split_dirs", layout=UBC_LAYOUT, directory=True)
+        files = ubc_split_files(base, folder_name, videos_dir)
         captions = read_caption_map(require_path(resolve(base, captions_file), key="dataset.captions_file",
                                                  layout=UBC_LAYOUT), name_field=name_field, text_field=text_field)
         samples, problems = [], []
-        for file in media_files(folder, recursive=False, allow_images=False):
-            if captions.get(file.stem):
+        for file in files:
+            if not file.is_file():
+                problems.append(Problem(str(file), MISSING))
+            elif captions.get(file.stem):
                 samples.append(Sample(str(file), captions[file.stem], file.stem))
             else:
                 problems.append(Problem(str(file), f"missing caption (no '{file.stem}' in {captions_file})"))
@@ -151,25 +187,46 @@ class UBCFashionDataset(IndexedClipDataset):
 MSRVTT_LAYOUT = """  <dataset.root>/
     annotation/MSR_VTT.json   (dataset.annotation_file: {"videos": [{"video_id", "split"}],
                                "sentences": [{"video_id", "caption"}]}, ~20 captions per video)
-    videos/all/<video_id>.mp4 (dataset.videos_dir)"""
+    videos/all/<video_id>.mp4 (dataset.videos_dir)
+  auto also finds the other distributed layouts: train_val_videodatainfo.json + TrainValVideo/ and
+  test_videodatainfo.json + TestVideo/ (the original release), msrvtt_data/MSRVTT_data.json +
+  MSRVTT_Videos/ (the CLIP4Clip archive)"""
+# The annotation files of the distributed layouts, in the order tried (same format in each).
+MSRVTT_ANNOTATIONS = ("annotation/MSR_VTT.json", "MSRVTT_data.json", "msrvtt_data/MSRVTT_data.json",
+                      "train_val_videodatainfo.json", "test_videodatainfo.json")
+MSRVTT_VIDEO_DIRS = ("videos/all", "MSRVTT_Videos", "videos", "TrainValVideo", "TestVideo", "")
+
+
+def msrvtt_annotation_file(base, value: str, split: str) -> str:
+    """``value`` unless ``auto``: the first distributed annotation file that exists (the original
+    release keeps the test split in its own file, so that one comes first for the test split)."""
+    if value != AUTO:
+        return value
+    candidates = MSRVTT_ANNOTATIONS
+    if split == "test":
+        candidates = ("test_videodatainfo.json", *[c for c in candidates if c != "test_videodatainfo.json"])
+    return next((c for c in candidates if (base / c).is_file()), MSRVTT_ANNOTATIONS[0])
 
 
 class MSRVTTDataset(IndexedClipDataset):
     """Training items draw one of the ~20 captions at random (item RNG); evaluation uses the first,
     and :meth:`all_captions` gives every reference caption of a sample."""
 
-    def __init__(self, *, root: str, name: str = "msrvtt", annotation_file: str = "annotation/MSR_VTT.json",
-                 videos_dir: str = "videos/all", video_extension: str = ".mp4", split_names: dict | None = None,
+    def __init__(self, *, root: str, name: str = "msrvtt", annotation_file: str = AUTO,
+                 videos_dir: str = AUTO, video_extension: str = ".mp4", split_names: dict | None = None,
                  **common):
         base = require_path(root, key="dataset.root", layout=MSRVTT_LAYOUT, directory=True)
         split_names = split_names or {"train": "train", "validation": "validate", "test": "test"}
         wanted = split_name(common.get("split", "train"), split_names, "dataset.split_names")
-        annotations = require_path(resolve(base, annotation_file), key="dataset.annotation_file",
-                                   layout=MSRVTT_LAYOUT)
-        videos = require_path(resolve(base, videos_dir), key="dataset.videos_dir", layout=MSRVTT_LAYOUT,
-                              directory=True)
-        samples, problems = read_msrvtt(annotations, split=wanted, videos_dir=videos, extension=video_extension)
-        super().__init__(samples, problems, name=name, root=root, **common)
+        annotations = require_path(resolve(base, msrvtt_annotation_file(base, annotation_file, wanted)),
+                                   key="dataset.annotation_file", layout=MSRVTT_LAYOUT)
+        entries, problems = read_msrvtt(annotations, split=wanted)
+        if videos_dir == AUTO:
+            videos_dir = best_folder(base, MSRVTT_VIDEO_DIRS, [f"{video_id}{video_extension}" for video_id, _ in entries])
+        videos = require_path(resolve(base, videos_dir) if videos_dir else base, key="dataset.videos_dir",
+                              layout=MSRVTT_LAYOUT, directory=True)
+        samples, missing_captions = msrvtt_samples(entries, videos_dir=videos, extension=video_extension)
+        super().__init__(samples, problems + missing_captions, name=name, root=root, **common)
 
     def all_captions(self, index: int) -> list[str]:
         return list(self.samples[index].captions)

@@ -85,12 +85,15 @@ class UBCFashionConfig(RealVideoConfig):
     name_field: str = "video"
     text_field: str = "caption"
     split_dirs: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "test", "test": "test"})
+    # Only where split_dirs do not exist and the URL lists fashion_<split dir>.txt do: the crawled videos' folder.
+    videos_dir: str = "auto"
 
 
 @dataclass
 class MSRVTTConfig(RealVideoConfig):
-    annotation_file: str = "annotation/MSR_VTT.json"
-    videos_dir: str = "videos/all"
+    # auto: found in any distributed layout (t2v_exp/data/public_sets.py MSRVTT_ANNOTATIONS, MSRVTT_VIDEO_DIRS)
+    annotation_file: str = "auto"
+    videos_dir: str = "auto"
     video_extension: str = ".mp4"
     split_names: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validate", "test": "test"})

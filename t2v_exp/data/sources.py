@@ -336,9 +336,9 @@ def read_ssv2_labels(labels_file: Path) -> dict[str, Any]:
     return labels
 
 
-def read_msrvtt(annotation_file: Path, *, split: str, videos_dir: Path,
-                extension: str = ".mp4") -> tuple[list[Sample], list[Problem]]:
-    """MSR-VTT JSON: {"videos": [{"video_id", "split"}], "sentences": [{"video_id", "caption"}]}."""
+def read_msrvtt(annotation_file: Path, *, split: str) -> tuple[list[tuple[str, list[str]]], list[Problem]]:
+    """MSR-VTT JSON: {"videos": [{"video_id", "split"}], "sentences": [{"video_id", "caption"}]}.
+    Returns (video_id, captions) for the split's videos, in annotation order (captions may be empty)."""
     data = load_json(annotation_file)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
             or not isinstance(data.get("sentences"), list):
@@ -352,19 +352,27 @@ def read_msrvtt(annotation_file: Path, *, split: str, videos_dir: Path,
             problems.append(Problem(f"{annotation_file} sentence {number}", "sentence without video_id or caption"))
             continue
         captions.setdefault(video_id, []).append(caption)
-    samples = []
+    entries = []
     for number, video in enumerate(data["videos"]):
         video_id = _identifier(video.get("video_id")) if isinstance(video, dict) else None
         if video_id is None:
             problems.append(Problem(f"{annotation_file} video {number}", "video without a valid 'video_id'"))
             continue
-        if video.get("split") != split:
-            continue
+        if video.get("split") == split:
+            entries.append((video_id, captions.get(video_id, [])))
+    return entries, problems
+
+
+def msrvtt_samples(entries: list[tuple[str, list[str]]], *, videos_dir: Path,
+                   extension: str = ".mp4") -> tuple[list[Sample], list[Problem]]:
+    """Samples of :func:`read_msrvtt`'s entries whose videos are in ``videos_dir``."""
+    samples, problems = [], []
+    for video_id, captions in entries:
         path = videos_dir / f"{video_id}{extension}"
-        if video_id not in captions:
+        if captions:
+            samples.append(Sample(str(path), captions, video_id))
+        else:
             problems.append(Problem(str(path), "missing caption (no sentence for this video_id)"))
-            continue
-        samples.append(Sample(str(path), captions[video_id], video_id))
     return samples, problems
 
 
