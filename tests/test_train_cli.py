@@ -76,3 +76,21 @@ def test_a_sweep_whose_every_job_failed_exits_nonzero(tmp_path):
     assert "every job of the sweep failed (0_cogvideox_tiny_shapes: failed, 1_cogvideox_tiny_shapes: failed)" in \
         result.stderr
     assert (sweep_dir / "report.md").is_file()  # the report is still written first
+
+
+def test_a_run_failing_before_its_first_step_is_marked_and_passed_over(tmp_path):
+    """No half-made run dir is mistaken for a run: it says failed, and resume=latest looks past it."""
+    common = ["train.max_steps=2", "train.checkpoint_every=1", "validation.enabled=false", "logger=none"]
+    runs = tmp_path / "runs"
+    good_dir, failed_dir, resumed_dir = (runs / f"{n}_modelscope_tiny_shapes" for n in ("a", "b", "c"))
+    good = run_train(*common, f"hydra.run.dir={good_dir}")
+    assert good.returncode == 0, good.stderr[-3000:]
+    failed = run_train(*common, "model.pretrained=/nonexistent/checkpoint", f"hydra.run.dir={failed_dir}")
+    assert failed.returncode != 0
+    status = json.loads((failed_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "/nonexistent/checkpoint" in status["error"]
+    assert not (failed_dir / "checkpoints").exists() and not (failed_dir / "metrics.jsonl").exists()
+    resumed = run_train(*common, "train.max_steps=3", "resume=latest", f"hydra.run.dir={resumed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {good_dir / 'checkpoints' / 'checkpoint-000002'}" in resumed.stderr + resumed.stdout
+    assert json.loads((resumed_dir / "checkpoints/checkpoint-000003/state.json").read_text())["step"] == 3
