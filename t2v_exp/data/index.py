@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 
+from ..quiet import progress
 from .sources import is_image
 from .video_io import DEFAULT_LIMITS, MediaLimits, VideoDecodeError, _open, check_media_limits, probe_video
 
@@ -198,7 +199,8 @@ class VideoIndex:
             tmp = self.index_file.with_name(f".{self.index_file.name}.{os.getpid()}.tmp")
             writer = tmp.open("w", encoding="utf-8")
         try:
-            for path in paths:
+            paths = list(paths)
+            for path in progress(paths, desc="index media", unit="file", leave=False, disable=len(paths) < 200):
                 if path in results:
                     continue
                 entry = self._entry(path, previous.pop(path, None))

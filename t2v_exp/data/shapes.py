@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..quiet import progress
 from .video_io import write_video
 
 BACKGROUND = (235, 235, 235)
@@ -111,7 +112,7 @@ def generate_shapes(root: str | os.PathLike, *, num_videos: int, num_frames: int
         order = rng.permutation(len(combos))
         (staging / "videos").mkdir()
         lines = []
-        for i in range(num_videos):
+        for i in progress(range(num_videos), desc="generate shapes clips (once)", unit="clip", leave=False):
             shape, color, direction, speed = combos[order[i % len(combos)]]
             frames, positions = render_clip(shape, color, direction, speed, num_frames=num_frames,
                                             height=height, width=width, rng=rng)

@@ -54,15 +54,14 @@ def tiny_vae():
     )
 
 
-def build_tiny_vae(out_dir: Path) -> None:
-    """The twins' 3-D VAE fitted to shapes clips: a random one decodes everything to 8x8 block noise."""
+def _fit_to_shape_clips(vae) -> dict:
     from .tiny_vae import fit_video_vae, shapes_clips
 
-    torch.manual_seed(0)
-    vae = tiny_vae()
-    figures = fit_video_vae(vae, shapes_clips())
-    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-    (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return fit_video_vae(vae, shapes_clips())
+
+
+# The twins' 3-D VAE fitted to shapes clips: a random one decodes everything to 8x8 block noise.
+build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
 
 
 def fitted_tiny_vae():

@@ -103,15 +103,28 @@ def image_vae():
     )
 
 
-def build_image_vae(out_dir: Path) -> None:
-    """The 2-D VAE the ModelScope and SD1.5 twins share, fitted to the shapes data (tiny_vae.py)."""
+def fitted_vae_builder(make_vae: Callable, fit: Callable) -> Callable[[Path], None]:
+    """A builder that fits a fresh ``make_vae()`` with ``fit(vae) -> figures`` and saves it as
+    ``vae/`` with the figures in ``fit.json``."""
+
+    def build(out_dir: Path) -> None:
+        torch.manual_seed(0)
+        vae = make_vae()
+        figures = fit(vae)
+        vae.save_pretrained(out_dir / "vae", safe_serialization=True)
+        (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+    return build
+
+
+def _fit_to_shape_frames(vae) -> dict:
     from .tiny_vae import fit_image_vae, shapes_frames
 
-    torch.manual_seed(0)
-    vae = image_vae()
-    figures = fit_image_vae(vae, shapes_frames())
-    vae.save_pretrained(out_dir / "vae", safe_serialization=True)
-    (out_dir / "fit.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return fit_image_vae(vae, shapes_frames())
+
+
+# The 2-D VAE the ModelScope and SD1.5 twins share, fitted to the shapes data (tiny_vae.py).
+build_image_vae = fitted_vae_builder(image_vae, _fit_to_shape_frames)
 
 
 def random_vae_builder(make_vae: Callable) -> Callable[[Path], None]:

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from ..quiet import progress
+
 log = logging.getLogger(__name__)
 
 FIT_STEPS = 600
@@ -34,28 +36,40 @@ def shapes_frames(num_videos: int = 64, num_frames: int = 8, size: int = 32) -> 
 
 def fit_image_vae(vae, frames: torch.Tensor, *, steps: int = FIT_STEPS, seed: int = 0) -> dict:
     """Train ``vae`` (diffusers AutoencoderKL) in place on ``frames``; returns the fit's figures."""
+    return _fit(vae, frames, steps=steps, batch=FIT_BATCH, seed=seed, encode_one_by_one=False,
+                what="Tiny VAE fitted to shapes")
+
+
+def _fit(vae, data: torch.Tensor, *, steps: int, batch: int, seed: int, encode_one_by_one: bool, what: str) -> dict:
+    """The shared fit: reconstruction + a small KL on random batches of ``data``, then the latent
+    scale set so that latents have unit std (what the diffusion models expect). The RNG calls keep
+    their order (batch indices, then the posterior sample), so the committed fits reproduce."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3)
     started = time.perf_counter()
     vae.train()
-    for _ in range(steps):
-        batch = frames[torch.randint(0, len(frames), (FIT_BATCH,), generator=generator)]
-        posterior = vae.encode(batch).latent_dist
+    for _ in progress(range(steps), desc="fit tiny VAE (once)", unit="step", leave=False):
+        sample = data[torch.randint(0, len(data), (batch,), generator=generator)]
+        posterior = vae.encode(sample).latent_dist
         reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        loss = torch.nn.functional.mse_loss(reconstruction, batch) + KL_WEIGHT * posterior.kl().mean()
+        loss = torch.nn.functional.mse_loss(reconstruction, sample) + KL_WEIGHT * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     vae.eval()
     with torch.no_grad():
-        latents = vae.encode(frames).latent_dist.mode()
-        round_trip = vae.decode(latents).sample
-    mse = torch.mean((round_trip - frames) ** 2).item()
+        if encode_one_by_one:  # a 3-D VAE's activations over every clip at once would not fit
+            latents = torch.cat([vae.encode(item.unsqueeze(0)).latent_dist.mode() for item in data])
+            round_trip = torch.cat([vae.decode(latent.unsqueeze(0)).sample for latent in latents])
+        else:
+            latents = vae.encode(data).latent_dist.mode()
+            round_trip = vae.decode(latents).sample
+    mse = torch.mean((round_trip - data) ** 2).item()
     std = latents.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     figures = {"steps": steps, "psnr_db": 10 * torch.log10(torch.tensor(4.0 / mse)).item(), "latent_std": std,
                "seconds": time.perf_counter() - started}
-    log.info("Tiny VAE fitted to shapes: %(psnr_db).1f dB round trip in %(seconds).0f s", figures)
+    log.info(what + ": %(psnr_db).1f dB round trip in %(seconds).0f s", figures)
     return figures
 
 
@@ -75,26 +89,5 @@ def fit_video_vae(vae, clips: torch.Tensor, *, steps: int = 300, batch: int = 8,
     The same recipe as the 2-D fit, on whole clips: the 3-D VAE also compresses time, so it must
     learn to put the motion into its latent frames.
     """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3)
-    started = time.perf_counter()
-    vae.train()
-    for _ in range(steps):
-        sample = clips[torch.randint(0, len(clips), (batch,), generator=generator)]
-        posterior = vae.encode(sample).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        loss = torch.nn.functional.mse_loss(reconstruction, sample) + KL_WEIGHT * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    vae.eval()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(c.unsqueeze(0)).latent_dist.mode() for c in clips])
-        round_trip = torch.cat([vae.decode(latent.unsqueeze(0)).sample for latent in latents])
-    mse = torch.mean((round_trip - clips) ** 2).item()
-    std = latents.std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
-    figures = {"steps": steps, "psnr_db": 10 * torch.log10(torch.tensor(4.0 / mse)).item(), "latent_std": std,
-               "seconds": time.perf_counter() - started}
-    log.info("Tiny 3-D VAE fitted to shapes clips: %(psnr_db).1f dB round trip in %(seconds).0f s", figures)
-    return figures
+    return _fit(vae, clips, steps=steps, batch=batch, seed=seed, encode_one_by_one=True,
+                what="Tiny 3-D VAE fitted to shapes clips")
