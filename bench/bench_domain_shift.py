@@ -7,7 +7,10 @@ eval/metrics.json and writes:
 - bench/results/domain_shift_strip.png: four frames of one held-out prompt and seed, the base
   model above the fine-tuned one (the picture in the README).
 
-Usage: .venv/bin/python bench/bench_domain_shift.py [--out bench/results] [ARGS...]  (extra Hydra overrides)
+With ``--load N`` it runs the same command while N busy-looping processes compete for the CPU
+(another job on the machine) and writes only the timing, to bench/results/domain_shift_load<N>.json.
+
+Usage: .venv/bin/python bench/bench_domain_shift.py [--out bench/results] [--load N] [ARGS...]  (extra Hydra overrides)
 """
 
 from __future__ import annotations
@@ -37,10 +40,41 @@ def strip_pair(base_video: Path, tuned_video: Path, out: Path) -> None:
     Image.fromarray(np.concatenate([rows[0], gap, rows[1]])).save(out)
 
 
+BUSY_LOOP = "import time\nwhile True: sum(i * i for i in range(10_000))"
+
+
+def timed_under_load(overrides: list[str], load: int, out: Path) -> int:
+    """The default command's wall time with ``load`` CPU-bound processes running beside it."""
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="t2v_domain_shift_") as tmp:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "t2v_exp.train", "logger=none",
+                                   f"hydra.run.dir={Path(tmp) / 'run'}", *overrides], cwd=REPO,
+                                  env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True)
+            wall = time.perf_counter() - started
+    finally:
+        for process in busy:
+            process.kill()
+    if done.returncode != 0:
+        print(done.stderr[-4000:], file=sys.stderr)
+        return done.returncode
+    result = {"command": "python -m t2v_exp.train " + " ".join(overrides), "wall_time_s": round(wall, 1),
+              "busy_processes_beside_it": load,
+              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"domain_shift_load{load}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wall time {wall:.0f} s with {load} busy process(es) beside it; wrote {out / f'domain_shift_load{load}.json'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--load", type=int, default=0, help="busy processes to run beside the job (timing only)")
     args, overrides = parser.parse_known_args()
+    if args.load:
+        return timed_under_load(overrides, args.load, args.out)
     with tempfile.TemporaryDirectory(prefix="t2v_domain_shift_") as tmp:
         run_dir = Path(tmp) / "run"
         env = {**os.environ, "WANDB_MODE": "offline"}
