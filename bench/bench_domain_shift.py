@@ -43,16 +43,21 @@ def strip_pair(base_video: Path, tuned_video: Path, out: Path) -> None:
 BUSY_LOOP = "import time\nwhile True: sum(i * i for i in range(10_000))"
 
 
+def run_default(run_dir: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m t2v_exp.train`` (W&B off) into ``run_dir``; the process and its wall time."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "t2v_exp.train", "logger=none", f"hydra.run.dir={run_dir}",
+                           *overrides], cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"},
+                          capture_output=True, text=True)
+    return done, time.perf_counter() - started
+
+
 def timed_under_load(overrides: list[str], load: int, out: Path) -> int:
     """The default command's wall time with ``load`` CPU-bound processes running beside it."""
     busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(load)]
     try:
         with tempfile.TemporaryDirectory(prefix="t2v_domain_shift_") as tmp:
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "t2v_exp.train", "logger=none",
-                                   f"hydra.run.dir={Path(tmp) / 'run'}", *overrides], cwd=REPO,
-                                  env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True)
-            wall = time.perf_counter() - started
+            done, wall = run_default(Path(tmp) / "run", overrides)
     finally:
         for process in busy:
             process.kill()
@@ -77,12 +82,8 @@ def main() -> int:
         return timed_under_load(overrides, args.load, args.out)
     with tempfile.TemporaryDirectory(prefix="t2v_domain_shift_") as tmp:
         run_dir = Path(tmp) / "run"
-        env = {**os.environ, "WANDB_MODE": "offline"}
         load_before = os.getloadavg()
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "t2v_exp.train", "logger=none", f"hydra.run.dir={run_dir}",
-                               *overrides], cwd=REPO, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
+        done, wall = run_default(run_dir, overrides)
         if done.returncode != 0:
             print(done.stderr[-4000:], file=sys.stderr)
             return done.returncode

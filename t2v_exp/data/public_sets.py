@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 
 from ..errors import ConfigError
-from .bad_data import MISSING
 from .datasets import IndexedClipDataset
 from .sources import (
     Problem,
@@ -55,11 +54,11 @@ SSV2_VIDEO_DIRS = ("", "20bn-something-something-v2", "videos")
 PROBED_IDS = 32
 
 
-def detect_file(base, value: str | None, key: str) -> str | None:
-    """``value`` unless it is ``auto``: then the first of the key's distributed locations that exists."""
+def detect_file(base, value: str | None, candidates: tuple[str, ...]) -> str | None:
+    """``value`` unless it is ``auto``: then the first of the distributed locations that exists
+    (the first candidate when none does, so the error names the expected file)."""
     if value != AUTO:
         return value
-    candidates = SSV2_CANDIDATES[key]
     return next((c for c in candidates if (base / c).is_file()), candidates[0])
 
 
@@ -111,7 +110,8 @@ class SSv2Dataset(IndexedClipDataset):
                  subset_size: int | None = 10000, class_balance: bool = False, **common):
         base = require_path(root, key="dataset.root", layout=SSV2_LAYOUT, directory=True)
         file_key = "dataset.train_file" if common.get("split", "train") == "train" else "dataset.validation_file"
-        file_name = detect_file(base, train_file if file_key == "dataset.train_file" else validation_file, file_key)
+        file_name = detect_file(base, train_file if file_key == "dataset.train_file" else validation_file,
+                                SSV2_CANDIDATES[file_key])
         annotations = require_path(resolve(base, file_name), key=file_key, layout=SSV2_LAYOUT)
         labels = None
         if labels_file == AUTO:  # optional (class ids only): auto without one found means none
@@ -173,9 +173,7 @@ class UBCFashionDataset(IndexedClipDataset):
                                                  layout=UBC_LAYOUT), name_field=name_field, text_field=text_field)
         samples, problems = [], []
         for file in files:
-            if not file.is_file():
-                problems.append(Problem(str(file), MISSING))
-            elif captions.get(file.stem):
+            if captions.get(file.stem):  # a listed file that does not exist: the index reports it missing
                 samples.append(Sample(str(file), captions[file.stem], file.stem))
             else:
                 problems.append(Problem(str(file), f"missing caption (no '{file.stem}' in {captions_file})"))
@@ -197,15 +195,12 @@ MSRVTT_ANNOTATIONS = ("annotation/MSR_VTT.json", "MSRVTT_data.json", "msrvtt_dat
 MSRVTT_VIDEO_DIRS = ("videos/all", "MSRVTT_Videos", "videos", "TrainValVideo", "TestVideo", "")
 
 
-def msrvtt_annotation_file(base, value: str, split: str) -> str:
-    """``value`` unless ``auto``: the first distributed annotation file that exists (the original
-    release keeps the test split in its own file, so that one comes first for the test split)."""
-    if value != AUTO:
-        return value
-    candidates = MSRVTT_ANNOTATIONS
-    if split == "test":
-        candidates = ("test_videodatainfo.json", *[c for c in candidates if c != "test_videodatainfo.json"])
-    return next((c for c in candidates if (base / c).is_file()), MSRVTT_ANNOTATIONS[0])
+def msrvtt_annotations(split: str) -> tuple[str, ...]:
+    """The annotation files to try for ``split``: the original release keeps the test split in its
+    own file, so that one comes first for the test split."""
+    if split != "test":
+        return MSRVTT_ANNOTATIONS
+    return ("test_videodatainfo.json", *[c for c in MSRVTT_ANNOTATIONS if c != "test_videodatainfo.json"])
 
 
 class MSRVTTDataset(IndexedClipDataset):
@@ -218,8 +213,9 @@ class MSRVTTDataset(IndexedClipDataset):
         base = require_path(root, key="dataset.root", layout=MSRVTT_LAYOUT, directory=True)
         split_names = split_names or {"train": "train", "validation": "validate", "test": "test"}
         wanted = split_name(common.get("split", "train"), split_names, "dataset.split_names")
-        annotations = require_path(resolve(base, msrvtt_annotation_file(base, annotation_file, wanted)),
-                                   key="dataset.annotation_file", layout=MSRVTT_LAYOUT)
+        annotation_file = detect_file(base, annotation_file, msrvtt_annotations(wanted))
+        annotations = require_path(resolve(base, annotation_file), key="dataset.annotation_file",
+                                   layout=MSRVTT_LAYOUT)
         entries, problems = read_msrvtt(annotations, split=wanted)
         if videos_dir == AUTO:
             videos_dir = best_folder(base, MSRVTT_VIDEO_DIRS, [f"{video_id}{video_extension}" for video_id, _ in entries])

@@ -73,8 +73,7 @@ def dropout_seed(seed: int, step: int, micro: int, process: int) -> int:
 @contextlib.contextmanager
 def seeded_global_rng(seed: int, device: torch.device):
     """Run a block on a global RNG seeded with `seed`, leaving the caller's RNG state untouched."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
 
