@@ -188,6 +188,7 @@ class TrainConfig:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     seed: int = 42
     resume: str | None = None  # "auto", "latest", or a checkpoint / run directory (see conf/train.yaml)
+    sweep_resume: bool = True  # a rerun multirun skips completed jobs and resumes interrupted ones
     push_to_hub: bool = False  # upload final/ (weights + model card) to hub_repo_id at the end
     hub_repo_id: str | None = None
 

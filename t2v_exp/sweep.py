@@ -59,7 +59,7 @@ def pin_one_gpu_per_job() -> str | None:
 class JobStatus:
     """Writes ``status.json`` in the job dir: ok/failed, error, wall time and GPU-hours."""
 
-    def __init__(self, run_dir: Path, cfg):
+    def __init__(self, run_dir: Path, cfg, identity: str | None = None):
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
         experiment = None
@@ -69,7 +69,9 @@ class JobStatus:
             experiment = HydraConfig.get().runtime.choices.get("experiment")
         except ValueError:  # HydraConfig not set (called outside @hydra.main)
             pass
-        self.base = {"model": cfg.model.name, "dataset": cfg.dataset.name, "experiment": experiment}
+        # job_identity: what a rerun of the sweep matches earlier attempts by (t2v_exp/sweep_resume.py)
+        self.base = {"model": cfg.model.name, "dataset": cfg.dataset.name, "experiment": experiment,
+                     "job_identity": identity}
         self.write("running")
 
     def write(self, status: str, error: BaseException | None = None, extra: dict[str, Any] | None = None) -> bool:

@@ -46,7 +46,14 @@ def main(cfg: DictConfig) -> float | None:
     lock = lock_run_dir(run_dir)  # before status.json: a second process must not overwrite the first's
     if lock is None:
         return None
-    status = JobStatus(run_dir, cfg)
+    identity = job_identity_or_none(cfg)
+    plan = plan_rerun(cfg, run_dir, identity)  # before status.json: it may be the earlier attempt's
+    status = JobStatus(run_dir, cfg, identity)
+    reused = reuse_completed(plan, run_dir) if plan is not None and plan.action == "reuse" else None
+    if reused is not None:
+        lock.release()
+        status.write("ok", extra={**reused, "gpu": pinned})
+        return reused.get("objective")
     try:
         from .engine.trainer import run_training
 
@@ -79,6 +86,58 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(f"error: training finished (weights in {run_dir}), but {status.path} could not be "
                          f"written (disk full?); it still says an earlier status")
     return summary.get("objective")
+
+
+def job_identity_or_none(cfg: DictConfig) -> str | None:
+    """The job's identity for sweep resume (None when the config cannot even be resolved: the
+    trainer then reports what is wrong with it)."""
+    from .sweep_resume import job_identity
+
+    try:
+        return job_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    except Exception as exc:  # noqa: BLE001 - validation proper happens in the trainer, with a clear message
+        log.debug("No job identity (%s)", exc)
+        return None
+
+
+def plan_rerun(cfg: DictConfig, run_dir: Path, identity: str | None):
+    """In a multirun with ``sweep_resume`` and no ``resume=``: what to do about earlier attempts
+    of this job (see t2v_exp/sweep_resume.py); sets ``resume`` to the checkpoint to continue."""
+    from omegaconf import open_dict
+
+    from .engine.checkpoint import CHECKPOINT_RE, fingerprint
+    from .sweep import is_multirun
+    from .sweep_resume import carry_metrics, earlier_attempts, plan_job
+
+    if identity is None or not is_multirun() or not cfg.get("sweep_resume", True) or cfg.get("resume"):
+        return None
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    try:
+        plan = plan_job(earlier_attempts(sweep_dir, identity), fingerprint(cfg, 1))
+        if plan.action == "resume":
+            carry_metrics(plan.attempt, run_dir, int(CHECKPOINT_RE.match(plan.checkpoint.name).group(1)))
+    except (OSError, ValueError) as exc:  # unreadable earlier sweeps must not stop this one
+        log.warning("Sweep resume: earlier attempts not usable (%s: %s); training from the start",
+                    type(exc).__name__, exc)
+        return None
+    log.info("Sweep resume: %s", plan.describe())
+    if plan.action == "resume":
+        with open_dict(cfg):
+            cfg.resume = str(plan.checkpoint)
+    return plan
+
+
+def reuse_completed(plan, run_dir: Path) -> dict | None:
+    """Skip a job that an earlier sweep completed: bring its results into this job dir and return
+    the status fields to record (None, logged, when they cannot be brought: the job then trains)."""
+    from .sweep_resume import reuse
+
+    try:
+        return reuse(plan.attempt, run_dir)
+    except (OSError, ValueError) as exc:
+        log.warning("Could not reuse %s (%s: %s); training this job instead", plan.attempt.job_dir,
+                    type(exc).__name__, exc)
+        return None
 
 
 def lock_run_dir(run_dir: Path):

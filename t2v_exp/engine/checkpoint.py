@@ -40,7 +40,7 @@ FILES = ("state.json", "trainable.safetensors", "optimizer.pt", "rng.json", "rng
 # dataset.* keys that change how samples are read or cached, not which samples a step sees.
 OPERATIONAL_DATASET_KEYS = ("index_dir", "max_bad_fraction", "cache", "cache_variants")
 # Config sections that never shape training state: where files go and how to resume.
-UNTRACKED_SECTIONS = ("paths", "resume")
+UNTRACKED_SECTIONS = ("paths", "resume", "sweep_resume")
 
 
 @dataclass
@@ -455,11 +455,22 @@ def _search_runs(run_dir: Path, run_suffix: str, expected: dict | None) -> Resum
     search = ResumeSearch([], [])
     runs = [run_dir] + sorted((d for d in run_dir.parent.glob(f"*{run_suffix}") if d != run_dir and d.is_dir()),
                               key=lambda d: d.stat().st_mtime, reverse=True)
+    free = []
     for run in runs:
         holder = RunDirLock.holder(run) if run != run_dir else None
         if holder is not None:
             search.passed_over.append(f"{run}: another process (pid {holder}) is training it now")
-            continue
+        else:
+            free.append(run)
+    return compatible_checkpoints(free, expected, search)
+
+
+def compatible_checkpoints(runs: list[Path], expected: dict | None,
+                           search: ResumeSearch | None = None) -> ResumeSearch:
+    """Intact checkpoints of ``runs`` (in that order, newest first within each) whose fingerprint
+    equals ``expected``; the others are listed as passed over, with the reason."""
+    search = search or ResumeSearch([], [])
+    for run in runs:
         recover_replaced(run / "checkpoints")
         for path in reversed(list_checkpoints(run / "checkpoints")):
             try:
