@@ -95,21 +95,27 @@ def summarize(times):
     return {"median_s_ours": ours, "median_s_reference": reference, "ratio_reference_over_ours": reference / ours}
 
 
-def bench_temporal(count, frames, height, width, repeats):
+def bench_temporal(count, frames, height, width, repeats, implementation):
     videos = decoded_like_videos(count, frames, height, width)
-    settings = TemporalSettings(psnr_cap_db=float("inf"))  # no cap: compare raw PSNR with skimage
+    # no cap: compare raw PSNR with skimage
+    settings = TemporalSettings(psnr_cap_db=float("inf"), implementation=implementation)
     tensor = torch.from_numpy(videos)
     times, values = alternate(lambda: temporal_scores(tensor, settings), lambda: skimage_temporal(videos), repeats)
     ours = values["ours"]["per_video"]
     reference_ssim, reference_psnr = values["reference"]
     return {
-        "case": f"temporal SSIM+PSNR {count}x{frames}x{height}x{width}x3 uint8",
+        "case": f"temporal SSIM+PSNR {count}x{frames}x{height}x{width}x3 uint8, {implementation}",
+        "implementation": ours_protocol_implementation(values["ours"]),
         "frame_pairs": count * (frames - 1),
         "times": times,
         **summarize(times),
         "max_abs_diff_ssim": float(np.max(np.abs(np.array(ours["temporal_ssim"]) - reference_ssim))),
         "max_abs_diff_psnr_db": float(np.max(np.abs(np.array(ours["temporal_psnr"]) - reference_psnr))),
     }
+
+
+def ours_protocol_implementation(result):
+    return result["protocol"]["implementation"]
 
 
 def bench_frechet(count, dim, repeats):
@@ -148,7 +154,7 @@ def machine_info():
 
 
 def print_table(rows):
-    header = f"{'case':46} {'ours s':>9} {'ref s':>9} {'ref/ours':>9}  agreement"
+    header = f"{'case':56} {'ours s':>9} {'ref s':>9} {'ref/ours':>9}  agreement"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -156,7 +162,7 @@ def print_table(rows):
             agreement = f"rel diff {row['relative_diff']:.1e}"
         else:
             agreement = f"SSIM {row['max_abs_diff_ssim']:.1e}, PSNR {row['max_abs_diff_psnr_db']:.1e} dB"
-        print(f"{row['case']:46} {row['median_s_ours']:9.4f} {row['median_s_reference']:9.4f} "
+        print(f"{row['case']:56} {row['median_s_ours']:9.4f} {row['median_s_reference']:9.4f} "
               f"{row['ratio_reference_over_ours']:9.2f}  {agreement}")
 
 
@@ -175,7 +181,9 @@ def main():
         frechet_cases = [(2048, 400), (2048, 1024)]
     # Other jobs on the machine distort multi-threaded timings most: record how busy it was.
     load_before = os.getloadavg()
-    rows = [bench_temporal(*case, args.repeats) for case in temporal_cases]
+    # "compiled": the C kernel that `implementation=auto` uses on the CPU; "torch": the fallback.
+    rows = [bench_temporal(*case, args.repeats, implementation)
+            for case in temporal_cases for implementation in ("compiled", "torch")]
     rows += [bench_frechet(*case, args.repeats) for case in frechet_cases]
     load_after = os.getloadavg()
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")

@@ -94,36 +94,46 @@ def assert_matches_skimage(result, videos, psnr_tolerance):
     return reference
 
 
-NO_CAP = TemporalSettings(psnr_cap_db=float("inf"))  # compare raw PSNR with scikit-image's
+IMPLEMENTATIONS = ["compiled", "torch"]  # the C kernel (float64) and the torch path (float32 on the CPU)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request):
+    return request.param
+
+
+def no_cap(implementation):
+    """Settings that compare raw PSNR with scikit-image's."""
+    return TemporalSettings(psnr_cap_db=float("inf"), implementation=implementation)
 
 
 @pytest.mark.parametrize("kind", ["gradient", "grating", "texture", "moving", "dark", "grey", "bright"])
-def test_matches_scikit_image_on_decoded_mp4(tmp_path, kind):
+def test_matches_scikit_image_on_decoded_mp4(tmp_path, kind, implementation):
     # 36x52: non-square and neither side a multiple of 8 (the codec pads internally).
     video = encoded(tmp_path, synthetic_clip(kind, frames=5, height=36, width=52))
     assert video.shape == (5, 36, 52, 3)
-    reference = assert_matches_skimage(temporal_scores(video[None], NO_CAP), [video], PSNR_TOLERANCE_UINT8_DB)
-    from_floats = temporal_scores(as_project_floats(video[None]), NO_CAP)
+    reference = assert_matches_skimage(temporal_scores(video[None], no_cap(implementation)), [video], PSNR_TOLERANCE_UINT8_DB)
+    from_floats = temporal_scores(as_project_floats(video[None]), no_cap(implementation))
     assert_matches_skimage(from_floats, [video], PSNR_TOLERANCE_FLOAT_DB)
     assert 0.05 < reference[0, 0] < 0.999  # the clip exercises the formula, not its limits
 
 
-def test_matches_scikit_image_on_a_batch_of_moderate_size_videos(tmp_path):
+def test_matches_scikit_image_on_a_batch_of_moderate_size_videos(tmp_path, implementation):
     clips = [synthetic_clip(kind, frames=4, height=150, width=226, seed=i)
              for i, kind in enumerate(["texture", "dark", "bright"])]
     videos = np.stack([encoded(tmp_path, clip, f"clip{i}") for i, clip in enumerate(clips)])
-    result = temporal_scores(videos, NO_CAP)
+    result = temporal_scores(videos, no_cap(implementation))
     reference = assert_matches_skimage(result, videos, PSNR_TOLERANCE_UINT8_DB)
     assert result["temporal_ssim"] == pytest.approx(reference[:, 0].mean(), abs=SSIM_TOLERANCE)
 
 
-def test_grayscale_matches_scikit_image(tmp_path):
+def test_grayscale_matches_scikit_image(tmp_path, implementation):
     video = encoded(tmp_path, synthetic_clip("moving", frames=4, height=40, width=58), pixel_format="gray")
     assert video.shape == (4, 40, 58)
-    assert_matches_skimage(temporal_scores(video[None, ..., None], NO_CAP), [video], PSNR_TOLERANCE_UINT8_DB)
+    assert_matches_skimage(temporal_scores(video[None, ..., None], no_cap(implementation)), [video], PSNR_TOLERANCE_UINT8_DB)
 
 
-def test_brightness_shifted_pair_scores_on_the_0_255_convention():
+def test_brightness_shifted_pair_scores_on_the_0_255_convention(implementation):
     """The same textured frame, then 40 levels brighter. SSIM's luminance term depends on the
     absolute means, so scoring the [-1, 1] tensors with L = 2 (the old computation) gives a
     different number from the one every public implementation reports."""
@@ -135,13 +145,14 @@ def test_brightness_shifted_pair_scores_on_the_0_255_convention():
                                 use_sample_covariance=False, data_range=2.0, channel_axis=-1)
     assert abs(old - reference) > 0.05
     for videos in (video[None], as_project_floats(video[None])):
-        assert temporal_scores(videos)["temporal_ssim"] == pytest.approx(reference, abs=SSIM_TOLERANCE)
+        settings = TemporalSettings(implementation=implementation)
+        assert temporal_scores(videos, settings)["temporal_ssim"] == pytest.approx(reference, abs=SSIM_TOLERANCE)
 
 
-def test_static_video_scores_max_ssim_zero_motion_and_capped_psnr():
+def test_static_video_scores_max_ssim_zero_motion_and_capped_psnr(implementation):
     frame = synthetic_clip("texture", frames=1, height=24, width=30)
     static = np.repeat(frame, 5, axis=0)[None]
-    result = temporal_scores(static, TemporalSettings(psnr_cap_db=80.0))
+    result = temporal_scores(static, TemporalSettings(psnr_cap_db=80.0, implementation=implementation))
     assert result["temporal_ssim"] == pytest.approx(1.0, abs=1e-9)
     assert result["motion"] == 0.0
     assert result["temporal_psnr"] == 80.0
@@ -149,13 +160,14 @@ def test_static_video_scores_max_ssim_zero_motion_and_capped_psnr():
     assert result["protocol"]["psnr_capped_pairs"] == 4
 
 
-def test_motion_is_mean_absolute_difference_in_unit_range():
+def test_motion_is_mean_absolute_difference_in_unit_range(implementation):
+    settings = TemporalSettings(implementation=implementation)
     videos = torch.full((1, 4, 3, 16, 16), -1.0)
     videos[:, 1::2] = 0.0  # every consecutive pair differs by half the range
-    assert temporal_scores(videos)["motion"] == pytest.approx(0.5)
+    assert temporal_scores(videos, settings)["motion"] == pytest.approx(0.5)
     uint8 = torch.zeros(1, 4, 16, 16, 3, dtype=torch.uint8)
     uint8[:, 1::2] = 51
-    assert temporal_scores(uint8)["motion"] == pytest.approx(0.2)
+    assert temporal_scores(uint8, settings)["motion"] == pytest.approx(0.2)
 
 
 def test_protocol_records_the_unit_range_convention():
@@ -164,12 +176,12 @@ def test_protocol_records_the_unit_range_convention():
     assert "255" in protocol["frames"] and "[-1, 1]" in protocol["frames"]
 
 
-def test_chunking_changes_nothing_but_rounding():
+def test_chunking_changes_nothing_but_rounding(implementation):
     videos = np.stack([synthetic_clip(kind, frames=5, height=20, width=27, seed=i)
                        for i, kind in enumerate(["texture", "moving", "grating"])])
-    whole = temporal_scores(videos)
-    # One frame pair and one SSIM row (11 input rows) per chunk: every seam is exercised.
-    smallest_chunks = temporal_scores(videos, TemporalSettings(values_per_chunk=1))
+    whole = temporal_scores(videos, TemporalSettings(implementation=implementation, values_per_chunk=1 << 24))
+    # One frame pair (and, in torch, one SSIM row of 11 input rows) per chunk: every seam is exercised.
+    smallest_chunks = temporal_scores(videos, TemporalSettings(values_per_chunk=1, implementation=implementation))
     np.testing.assert_allclose(whole["per_video"]["temporal_ssim"], smallest_chunks["per_video"]["temporal_ssim"],
                                atol=1e-7, rtol=0)
     for key in ("temporal_psnr", "motion"):  # integer sums: exact
@@ -209,3 +221,53 @@ def test_cuda_matches_cpu():
     on_gpu = temporal_scores(videos, TemporalSettings(device="cuda"))
     for key in ("temporal_ssim", "temporal_psnr", "motion"):
         np.testing.assert_allclose(on_gpu["per_video"][key], on_cpu["per_video"][key], atol=1e-9, rtol=0)
+
+
+def test_compiled_kernel_and_torch_agree_at_a_real_size_and_say_which_ran():
+    videos = np.stack([synthetic_clip(kind, frames=3, height=120, width=180, seed=i)
+                       for i, kind in enumerate(["texture", "bright"])])
+    results = {name: temporal_scores(videos, no_cap(name)) for name in IMPLEMENTATIONS}
+    assert results["compiled"]["protocol"]["implementation"] == "compiled float64 kernel"
+    assert results["torch"]["protocol"]["implementation"] == "torch (cpu)"
+    np.testing.assert_allclose(results["compiled"]["per_video"]["temporal_ssim"],
+                               results["torch"]["per_video"]["temporal_ssim"], atol=SSIM_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(results["compiled"]["per_video"]["temporal_psnr"],
+                               results["torch"]["per_video"]["temporal_psnr"], atol=1e-9, rtol=0)
+
+
+@pytest.fixture
+def fresh_kernel_cache(tmp_path, monkeypatch):
+    """An empty kernel cache, and the loaded library forgotten before and after."""
+    from t2v_exp.metrics import ssim_native
+
+    monkeypatch.setenv("T2V_EXP_CACHE", str(tmp_path / "cache"))
+    ssim_native.load.cache_clear()
+    ssim_native.available.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    ssim_native.load.cache_clear()
+    ssim_native.available.cache_clear()
+
+
+def test_the_kernel_is_built_once_into_the_cache(fresh_kernel_cache):
+    from t2v_exp.metrics import ssim_native
+
+    video = synthetic_clip("texture", frames=3, height=20, width=24)[None]
+    temporal_scores(video, TemporalSettings(implementation="compiled"))
+    built = list(fresh_kernel_cache.glob("ssim_kernel-*.so"))
+    assert len(built) == 1 and not list(fresh_kernel_cache.glob(".ssim_kernel-*"))  # no scratch left
+    stamp = built[0].stat().st_mtime_ns
+    ssim_native.load.cache_clear()
+    temporal_scores(video, TemporalSettings(implementation="compiled"))
+    assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_without_a_compiler_auto_falls_back_to_torch_and_compiled_says_why(fresh_kernel_cache, monkeypatch):
+    from t2v_exp.metrics.ssim_native import NativeKernelUnavailable
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    video = synthetic_clip("texture", frames=3, height=20, width=24)[None]
+    assert temporal_scores(video)["protocol"]["implementation"] == "torch (cpu)"
+    with pytest.raises(NativeKernelUnavailable, match="no C compiler"):
+        temporal_scores(video, TemporalSettings(implementation="compiled"))
+    with pytest.raises(ValueError, match="auto, compiled or torch"):
+        temporal_scores(video, TemporalSettings(implementation="fast"))

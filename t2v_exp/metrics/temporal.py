@@ -15,7 +15,12 @@ window radius (5 px) before averaging, then averaged over channels. scikit-image
 scipy's "reflect" border, but every pixel that survives the crop has its whole window inside the
 frame, so the border rule never matters: we filter without padding and keep only those pixels.
 
-Speed and precision (see _band_sums): on the CPU the Gaussian runs as float32 matrix products
+Two implementations give the same numbers. On the CPU the default is a compiled C kernel
+(ssim_kernel.c, built on first use; see ssim_native.py): float64 throughout, as scikit-image, with
+each frame's filtered maps shared by its two pairs, and one thread per core. Where no C compiler
+is available, and on CUDA, the torch implementation below runs instead.
+
+Speed and precision of the torch path (see _band_sums): on the CPU the Gaussian runs as float32 matrix products
 and everything else in float32 too, with three things keeping the result within ~1e-7 of the
 float64 reference: frames are centred on a per-video level before filtering, the structure term
 is computed from the frame difference, and a fixed dither keeps float32 rounding from repeating.
@@ -63,6 +68,10 @@ class TemporalSettings:
     # peaks near 64 MB; on a 2-core CPU 2**20 was faster than 2**18, 2**19, 2**21 and 2**22.
     values_per_chunk: int = 1 << 20
     device: str = "cpu"  # e.g. "cuda": chunks are moved there, results come back to the CPU
+    # On the CPU: "auto" uses the compiled float64 kernel (ssim_kernel.c, built on first use with the
+    # system C compiler) and falls back to torch without one; "compiled" requires it; "torch" never
+    # uses it. Both give the same numbers (within ~1e-7); the kernel is several times faster.
+    implementation: str = "auto"
 
 
 def gaussian_kernel_1d(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> torch.Tensor:
@@ -282,26 +291,14 @@ def _video_shifts(first_frames: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return levels.mean(dim=(-2, -1)).round().to(dtype)
 
 
-def temporal_scores(videos: Any, settings: TemporalSettings | None = None) -> dict[str, Any]:
-    """Frame-to-frame SSIM, PSNR and motion for each video and their means over videos.
-
-    `videos`: float [N, F, C, H, W] in [-1, 1] or uint8 [N, F, H, W, C], C in (1, 3). Returns
-    `per_video` lists (keys temporal_ssim, temporal_psnr, motion), their means at the top level,
-    and the protocol fields the numbers depend on.
-    """
-    settings = settings or TemporalSettings()
-    videos = _channels_first(videos)
+def _torch_sums(videos: torch.Tensor, values_per_chunk: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """float64 [N, F - 1] each, with torch: the SSIM map sums, squared and absolute differences."""
     count, frames, channels, height, width = videos.shape
-    if frames < 2:
-        raise ValueError(f"temporal metrics need at least 2 frames per video, got {frames}")
-    if min(height, width) < TAPS:
-        raise ValueError(f"SSIM needs frames of at least {TAPS}x{TAPS} pixels, got {height}x{width}")
-    device = torch.device(settings.device)
     dtype = torch.float64 if device.type == "cuda" else torch.float32
     shifts = _video_shifts(videos[:, 0].to(device), dtype).repeat_interleave(frames, dim=0)[..., None, None]
     sequence = videos.flatten(0, 1)
     total = count * frames
-    per_chunk, band = _chunk_plan(total, channels, height, width, settings.values_per_chunk)
+    per_chunk, band = _chunk_plan(total, channels, height, width, values_per_chunk)
     # Chunks of frames overlap by one frame and score every consecutive pair in them (the pairs
     # that straddle two videos are dropped afterwards); bands of rows overlap by the 10 rows a
     # window reaches past them.
@@ -317,6 +314,87 @@ def temporal_scores(videos: Any, settings: TemporalSettings | None = None) -> di
         sums.append(chunk_sums.cpu())
     within_video = torch.arange(total - 1) % frames != frames - 1
     ssim, squares, absolute = torch.cat(sums, dim=1)[:, within_video].view(3, count, frames - 1)
+    return ssim, squares, absolute
+
+
+def _compiled_sums(videos: torch.Tensor, values_per_chunk: int) -> tuple[torch.Tensor, ...]:
+    """The same sums from the compiled float64 kernel, runs of frames scored by parallel threads.
+
+    Each call gets a run of consecutive frames of one video (consecutive runs share one frame).
+    Videos are cut into at least as many runs as there are threads, so a single long video still
+    uses every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import ssim_native
+
+    count, frames, channels, height, width = videos.shape
+    pairs = frames - 1
+    threads = max(1, torch.get_num_threads())
+    # The kernel reads uint8 frames in place and holds two frames at a time, so uint8 videos are cut
+    # only for the threads (each cut re-filters one frame); float videos are converted to float64
+    # per run, so their runs are also kept near `values_per_chunk`.
+    runs = -(-threads // count)
+    if videos.dtype != torch.uint8:
+        runs = max(runs, -(-pairs // max(1, values_per_chunk // (channels * height * width) - 1)))
+    runs = min(pairs, runs)
+    step = -(-pairs // runs)
+    tasks = [(video, start, min(start + step, pairs)) for video in range(count) for start in range(0, pairs, step)]
+    kernel = gaussian_kernel_1d().numpy()
+    constants = ((SSIM_K1 * LEVELS) ** 2, (SSIM_K2 * LEVELS) ** 2)
+
+    def score(task):
+        video, start, stop = task
+        chunk = videos[video, start : stop + 1]
+        if videos.dtype == torch.uint8:  # the kernel reads decoded [T, H, W, C] frames itself
+            chunk = chunk.permute(0, 2, 3, 1).contiguous()  # a view of the caller's frames, usually
+        else:  # [-1, 1] -> levels 0..255
+            chunk = chunk.to(torch.float64).add_(1.0).mul_(LEVELS / 2).contiguous()
+        return task, ssim_native.pair_sums(chunk.numpy(), kernel, *constants)
+
+    sums = torch.zeros(3, count, pairs, dtype=torch.float64)
+    with ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
+        for (video, start, stop), found in pool.map(score, tasks):
+            sums[:, video, start:stop] = torch.from_numpy(found)
+    return sums.unbind(0)
+
+
+def _implementation(settings: TemporalSettings, device: torch.device) -> str:
+    """"compiled" (the C kernel, CPU only) or "torch", from settings.implementation."""
+    from . import ssim_native
+
+    wanted = settings.implementation
+    if wanted not in ("auto", "compiled", "torch"):
+        raise ValueError(f"temporal implementation must be auto, compiled or torch, got {wanted!r}")
+    if wanted == "torch" or device.type != "cpu":
+        return "torch"
+    reason = ssim_native.available()
+    if reason is None:
+        return "compiled"
+    if wanted == "compiled":
+        raise ssim_native.NativeKernelUnavailable(reason)
+    return "torch"
+
+
+def temporal_scores(videos: Any, settings: TemporalSettings | None = None) -> dict[str, Any]:
+    """Frame-to-frame SSIM, PSNR and motion for each video and their means over videos.
+
+    `videos`: float [N, F, C, H, W] in [-1, 1] or uint8 [N, F, H, W, C], C in (1, 3). Returns
+    `per_video` lists (keys temporal_ssim, temporal_psnr, motion), their means at the top level,
+    and the protocol fields the numbers depend on.
+    """
+    settings = settings or TemporalSettings()
+    videos = _channels_first(videos)
+    count, frames, channels, height, width = videos.shape
+    if frames < 2:
+        raise ValueError(f"temporal metrics need at least 2 frames per video, got {frames}")
+    if min(height, width) < TAPS:
+        raise ValueError(f"SSIM needs frames of at least {TAPS}x{TAPS} pixels, got {height}x{width}")
+    device = torch.device(settings.device)
+    implementation = _implementation(settings, device)
+    if implementation == "compiled":
+        ssim, squares, absolute = _compiled_sums(videos, settings.values_per_chunk)
+    else:
+        ssim, squares, absolute = _torch_sums(videos, settings.values_per_chunk, device)
     ssim = ssim / (channels * (height - CROP) * (width - CROP))
     mse = squares / (channels * height * width)
     motion = absolute / (channels * height * width * LEVELS)
@@ -337,6 +415,7 @@ def temporal_scores(videos: Any, settings: TemporalSettings | None = None) -> di
             "frame_range": [0.0, 1.0],
             "data_range": 1.0,
             "ssim": SSIM_PROTOCOL,
+            "implementation": "compiled float64 kernel" if implementation == "compiled" else f"torch ({device.type})",
             "psnr_cap_db": settings.psnr_cap_db,
             "psnr_capped_pairs": capped_pairs,
             "motion": "mean |f[t+1] - f[t]| with frames in [0, 1]",
