@@ -8,12 +8,16 @@ attempts with the same identity, in its own sweep dir first and then in the sibl
 (``outputs/sweeps/*``), newest first:
 
 - **completed** (status ok, ``final/`` present, the summary says finished): the job is skipped.
-  Its files are brought into this job dir (weights hard-linked, the rest copied) and its
-  ``status.json`` says ``reused_from``, so the sweep report reads as if the job had run here.
+  Its results are brought into this job dir (``final/`` weights hard-linked, the rest copied;
+  not its checkpoints or W&B files) and its ``status.json`` says ``reused_from``, so the sweep
+  report reads as if the job had run here.
 - **interrupted** (killed, preempted or stopped early, and no process holds its lock) with an
   intact checkpoint of the same experiment: the job resumes from the newest one, exactly as
-  ``resume=`` would, and the training log rows up to that step are carried over.
-- **failed**, or interrupted before its first checkpoint: the job runs again from the start.
+  ``resume=`` would. The training log rows up to that step, the base model's evaluation and the
+  validation samples up to that step are carried over, since the resumed run does not redo them.
+- **failed**, or interrupted before its first checkpoint: the job runs again from the start. When
+  that attempt is this very job dir (a rerun into the same sweep dir), its files are first moved
+  into ``.previous-attempts/<n>/`` there.
 
 ``sweep_resume=false`` runs every job afresh.
 """
@@ -32,9 +36,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 # Settings that change neither the trained weights nor the evaluation (flat keys, prefixes).
 NOT_IDENTITY = ("logger.", "sweep_resume", "train.stop_after_steps", "push_to_hub", "hub_repo_id")
-# Files an attempt's dir holds that belong to that process, not to the result.
-OWN_FILES = {".hydra", ".train.lock", "status.json", "train.log"}
-LINK_AT_BYTES = 1 << 20  # files this large (weights) are hard-linked; smaller ones copied
+# What belongs to the process that ran an attempt (or to its own W&B run), not to its results.
+OWN_FILES = {".hydra", ".train.lock", "status.json", "train.log", "wandb", "checkpoints", ".previous-attempts"}
+# Exported weights this large are hard-linked, not copied: final/ is written into a fresh directory
+# and renamed into place (Trainer.export), so neither copy can change the other.
+LINK_AT_BYTES = 1 << 20
+PREVIOUS_ATTEMPTS = ".previous-attempts"
+# What a fresh start in the same dir leaves where it is: the new Hydra config, the lock this
+# process holds, the status it is about to write and the log file Hydra has open.
+STAY_IN_PLACE = {".hydra", ".train.lock", "status.json", "train.log", PREVIOUS_ATTEMPTS}
 
 
 def job_identity(cfg, world_size: int) -> str:
@@ -76,17 +86,21 @@ class Attempt:
 
 def earlier_attempts(sweep_dir: Path, identity: str) -> list[Attempt]:
     """Job dirs of this sweep dir, then of its sibling sweep dirs (newest first), whose status.json
-    records ``identity``."""
+    records ``identity``. A dir that cannot be read is passed over (logged)."""
     sweep_dir = Path(sweep_dir)
     siblings = []
-    if sweep_dir.parent.is_dir():
+    try:
         siblings = sorted((d for d in sweep_dir.parent.iterdir() if d.is_dir() and d != sweep_dir),
                           key=_mtime, reverse=True)
+    except OSError as exc:
+        log.warning("Sweep resume: cannot list %s (%s); looking in this sweep dir only", sweep_dir.parent, exc)
     found = []
     for root in [sweep_dir, *siblings]:
-        if not root.is_dir():
+        try:
+            job_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        except OSError:  # gone, or not readable: nothing of ours there
             continue
-        for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for job_dir in job_dirs:
             status = _read_status(job_dir)
             if status.get("job_identity") == identity:
                 found.append(Attempt(job_dir, status))
@@ -130,27 +144,44 @@ def plan_job(attempts: list[Attempt], expected_fingerprint: dict) -> Plan:
 
 
 def reuse(attempt: Attempt, job_dir: Path) -> dict[str, Any]:
-    """Bring a completed attempt's results into ``job_dir``; returns the status fields to record."""
+    """Bring a completed attempt's results into ``job_dir``; returns the status fields to record.
+
+    Everything is gathered in a staging dir first and moved into place at the end, so a failure
+    (a full disk) leaves ``job_dir`` as it was and the job can still train there."""
     job_dir = Path(job_dir)
     same_dir = attempt.job_dir.resolve() == job_dir.resolve()  # a rerun into the same sweep dir
     if not same_dir:
-        for source in sorted(attempt.job_dir.iterdir()):
-            if source.name not in OWN_FILES:
-                _bring(source, job_dir / source.name)
-        summary_path = job_dir / "summary.json"
-        summary = json.loads(summary_path.read_text())
-        if summary.get("final_dir"):
-            summary["final_dir"] = str(job_dir / "final")
-        summary_path.write_text(json.dumps(summary, indent=2))
+        staging = job_dir / ".reuse-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for source in sorted(attempt.job_dir.iterdir()):
+                if source.name not in OWN_FILES:
+                    _bring(source, staging / source.name, linkable=source.name == "final")
+            summary_path = staging / "summary.json"
+            summary = json.loads(summary_path.read_text())
+            if summary.get("final_dir"):
+                summary["final_dir"] = str(job_dir / "final")
+            summary_path.write_text(json.dumps(summary, indent=2))
+            for entry in sorted(staging.iterdir()):
+                os.replace(entry, job_dir / entry.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     kept = ("final_loss", "objective", "wall_time_s", "gpu_hours", "num_gpus", "device_name")
     fields = {key: attempt.status.get(key) for key in kept}
     origin = attempt.status.get("reused_from") or (None if same_dir else str(attempt.job_dir))
     return {**fields, "reused_from": origin} if origin else fields
 
 
-def carry_metrics(attempt: Attempt, job_dir: Path, step: int) -> None:
-    """Start ``job_dir/metrics.jsonl`` with the attempt's rows up to the resumed ``step`` (rows past
-    it belong to work the kill discarded), so the loss curve reads as one uninterrupted run."""
+def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
+    """Before resuming ``attempt`` at ``step`` in ``job_dir``: start ``metrics.jsonl`` with the
+    attempt's rows up to that step (rows past it belong to work the kill discarded), so the loss
+    curve reads as one uninterrupted run; from another dir, also bring the base model's
+    evaluation (``eval_base/``: a resumed run does not redo it) and the validation samples up to
+    that step."""
+    from .engine.checkpoint import CHECKPOINT_RE
+    from .sweep import write_atomically
+
+    job_dir = Path(job_dir)
     source = attempt.job_dir / "metrics.jsonl"
     rows = []
     if source.is_file():
@@ -161,23 +192,50 @@ def carry_metrics(attempt: Attempt, job_dir: Path, step: int) -> None:
                 continue  # a line cut by the kill
             if isinstance(row, dict) and int(row.get("step", 0)) <= step:
                 rows.append(line)
-    from .sweep import write_atomically
+    write_atomically(job_dir / "metrics.jsonl", "".join(f"{row}\n" for row in rows))
+    if attempt.job_dir.resolve() == job_dir.resolve():
+        return
+    if (attempt.job_dir / "eval_base").is_dir():
+        _bring(attempt.job_dir / "eval_base", job_dir / "eval_base")
+    samples = attempt.job_dir / "samples"
+    for folder in sorted(samples.glob("step-*")) if samples.is_dir() else []:
+        found = CHECKPOINT_RE.match(folder.name.replace("step-", "checkpoint-"))
+        if found and int(found.group(1)) <= step:
+            _bring(folder, job_dir / "samples" / folder.name)
 
-    write_atomically(Path(job_dir) / "metrics.jsonl", "".join(f"{row}\n" for row in rows))
+
+def set_aside(job_dir: Path) -> Path | None:
+    """Move an earlier attempt's files out of the way (into ``.previous-attempts/<n>/``) so a
+    fresh start in the same dir neither refuses its checkpoints nor appends to its logs."""
+    job_dir = Path(job_dir)
+    entries = [p for p in sorted(job_dir.iterdir()) if p.name not in STAY_IN_PLACE]
+    if not entries:
+        return None
+    root = job_dir / PREVIOUS_ATTEMPTS
+    root.mkdir(exist_ok=True)
+    target = root / str(1 + sum(1 for _ in root.iterdir()))
+    target.mkdir()
+    for entry in entries:
+        os.replace(entry, target / entry.name)
+    return target
 
 
-def _bring(source: Path, target: Path) -> None:
+def _bring(source: Path, target: Path, *, linkable: bool = False) -> None:
+    """Copy ``source`` (a file or a tree) to ``target``; symlinks stay symlinks. With ``linkable``,
+    files of LINK_AT_BYTES or more are hard-linked where the filesystem allows."""
+    if source.is_symlink():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.readlink(source), target)
+        return
     if source.is_dir():
         target.mkdir(parents=True, exist_ok=True)
         for child in sorted(source.iterdir()):
-            _bring(child, target / child.name)
+            _bring(child, target / child.name, linkable=linkable)
         return
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
-    # Large files (weights) are written once and replaced by rename, never edited in place, so a
-    # hard link is safe and costs no space; small files are copied so that appending to one dir's
-    # logs never changes the other's.
-    if source.stat().st_size >= LINK_AT_BYTES:
+    if linkable and source.stat().st_size >= LINK_AT_BYTES:
         try:
             os.link(source, target)
             return

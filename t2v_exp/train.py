@@ -51,13 +51,16 @@ def main(cfg: DictConfig) -> float | None:
     status = JobStatus(run_dir, cfg, identity)
     reused = reuse_completed(plan, run_dir) if plan is not None and plan.action == "reuse" else None
     if reused is not None:
+        status.write("ok", extra={**reused, "gpu": pinned})  # before the lock goes: "running" + free = killed
         lock.release()
-        status.write("ok", extra={**reused, "gpu": pinned})
         return reused.get("objective")
     try:
         from .engine.trainer import run_training
 
         summary = run_training(cfg, run_dir, lock)
+        # Before the lock goes: a rerun reads "running" with a free lock as a killed attempt.
+        recorded = status.write("ok", extra={"final_loss": summary.get("final_loss"),
+                                             "objective": summary.get("objective"), "gpu": pinned})
     except BaseException as raised:
         exc = user_facing(raised)
         # A failed write is logged and leaves the last good status.json; the exit stays non-zero below.
@@ -79,8 +82,6 @@ def main(cfg: DictConfig) -> float | None:
         lock.release()
         gc.collect()  # free the job's models before the next job of a sequential sweep
         _empty_cuda_cache()
-    recorded = status.write("ok", extra={"final_loss": summary.get("final_loss"),
-                                         "objective": summary.get("objective"), "gpu": pinned})
     log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
     if not recorded and not is_multirun():  # schedulers and scripts must not read "running" as success
         raise SystemExit(f"error: training finished (weights in {run_dir}), but {status.path} could not be "
@@ -107,15 +108,20 @@ def plan_rerun(cfg: DictConfig, run_dir: Path, identity: str | None):
 
     from .engine.checkpoint import CHECKPOINT_RE, fingerprint
     from .sweep import is_multirun
-    from .sweep_resume import carry_metrics, earlier_attempts, plan_job
+    from .sweep_resume import carry_over, earlier_attempts, plan_job, set_aside
 
     if identity is None or not is_multirun() or not cfg.get("sweep_resume", True) or cfg.get("resume"):
         return None
-    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
     try:
-        plan = plan_job(earlier_attempts(sweep_dir, identity), fingerprint(cfg, 1))
+        attempts = earlier_attempts(sweep_dir, identity)
+        plan = plan_job(attempts, fingerprint(cfg, 1))
         if plan.action == "resume":
-            carry_metrics(plan.attempt, run_dir, int(CHECKPOINT_RE.match(plan.checkpoint.name).group(1)))
+            carry_over(plan.attempt, run_dir, int(CHECKPOINT_RE.match(plan.checkpoint.name).group(1)))
+        elif plan.action == "fresh" and any(a.job_dir.resolve() == run_dir.resolve() for a in attempts):
+            moved = set_aside(run_dir)  # a failed attempt in this very dir: start clean, keep its files
+            if moved is not None:
+                log.info("Sweep resume: the earlier attempt's files are now in %s", moved)
     except (OSError, ValueError) as exc:  # unreadable earlier sweeps must not stop this one
         log.warning("Sweep resume: earlier attempts not usable (%s: %s); training from the start",
                     type(exc).__name__, exc)

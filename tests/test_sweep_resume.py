@@ -22,11 +22,13 @@ from safetensors.torch import load_file
 
 from t2v_exp.sweep_resume import Attempt, earlier_attempts, plan_job
 
-from .conftest import NO_EVAL, REPO
+from .conftest import REPO
 
 STEPS = 8
+# The closing evaluations stay on (2 videos): a resumed job must still compare base and fine-tuned.
 SWEEP = ("-m", "seed=1,2,3", f"train.max_steps={STEPS}", "train.checkpoint_every=2", "train.keep_last=4",
-         "validation.enabled=false", "logger=none", *NO_EVAL)
+         "validation.enabled=false", "logger=none", "gpu.batch_size=2", "model.lora.rank=4", "model.lora.alpha=4",
+         "evaluation.num_videos=2")
 TIMESTAMPED = "${now:%Y-%m-%d_%H-%M-%S-%f}"  # the default sweep dir's pattern: each run gets a new dir
 
 
@@ -105,6 +107,9 @@ def assert_same_results(rerun: Path, reference: Path) -> None:
         # One uninterrupted loss curve: every step once, the reference's values bit for bit.
         assert losses(job) == losses(expected), job.name
         assert [step for step, _ in losses(job)] == list(range(1, STEPS + 1))
+        # The closing evaluation, base vs fine-tuned: the base's scores carried over to a resumed job.
+        ours, theirs = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (job, expected))
+        assert ours["comparison"] and ours["comparison"] == theirs["comparison"], job.name
     assert report_rows(rerun) == report_rows(reference)
     assert all(row_status == "ok" for row_status, _ in report_rows(rerun).values())
 
@@ -127,6 +132,7 @@ def test_rerun_of_a_killed_sweep_skips_resumes_and_runs_to_the_uninterrupted_res
     resumed_from = json.loads((resumed / "summary.json").read_text())["resumed_from"]
     assert resumed_from == str(killed / "checkpoints" / checkpoints[-1])
     assert "reused_from" not in status(resumed)
+    assert (resumed / "eval_base" / "metrics.json").is_file()  # scored before the kill, not redone
     # The job that never started trains from the start.
     assert json.loads((fresh / "summary.json").read_text())["resumed_from"] is None
     assert_same_results(rerun, reference)
@@ -182,3 +188,49 @@ def test_job_identity_follows_what_shapes_the_result(compose_train, tmp_path):
     assert identity("train.max_steps=7") != base
     assert identity("evaluation.num_videos=4") != base
     assert identity("seed=3") != base
+
+
+def test_a_failed_attempt_in_the_same_dir_is_set_aside_before_the_fresh_start(tmp_path):
+    from t2v_exp.sweep_resume import set_aside
+
+    job_dir = tmp_path / "0_job"
+    for name in ("checkpoints/checkpoint-000002/state.json", "metrics.jsonl", "final/weights.safetensors",
+                 ".hydra/config.yaml", "status.json", "train.log"):
+        (job_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (job_dir / name).write_text(name)
+    moved = set_aside(job_dir)
+    assert moved == job_dir / ".previous-attempts" / "1"
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in job_dir.iterdir()) == [".hydra", ".previous-attempts", "status.json", "train.log"]
+    (job_dir / "metrics.jsonl").write_text("second attempt")
+    assert set_aside(job_dir) == job_dir / ".previous-attempts" / "2"
+
+
+def test_reusing_fails_whole_or_not_at_all(tmp_path, monkeypatch):
+    import shutil
+
+    from t2v_exp.sweep_resume import reuse
+
+    done = tmp_path / "old" / "0_job"
+    for name in ("final/README.md", "summary.json", "eval/metrics.json", "metrics.jsonl"):
+        (done / name).parent.mkdir(parents=True, exist_ok=True)
+        (done / name).write_text("{}")
+    job_dir = tmp_path / "new" / "0_job"
+    (job_dir / ".hydra").mkdir(parents=True)
+    calls = []
+
+    def copy_then_fail(source, target):
+        calls.append(source)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return shutil.copyfile(source, target)
+
+    monkeypatch.setattr(shutil, "copy2", copy_then_fail)
+    with pytest.raises(OSError):
+        reuse(Attempt(done, {"status": "ok"}), job_dir)
+    assert sorted(p.name for p in job_dir.iterdir()) == [".hydra"]  # nothing half-copied left behind
+    monkeypatch.undo()
+    fields = reuse(Attempt(done, {"status": "ok", "objective": 0.5}), job_dir)
+    assert fields == {**dict.fromkeys(("final_loss", "wall_time_s", "gpu_hours", "num_gpus", "device_name")),
+                      "objective": 0.5, "reused_from": str(done)}
+    assert sorted(p.name for p in job_dir.iterdir()) == [".hydra", "eval", "final", "metrics.jsonl", "summary.json"]

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import sys
 import threading
@@ -600,10 +601,19 @@ class Trainer:
         return report
 
     def export(self) -> Path:
+        """Write final/ into a fresh directory and rename it into place: a crash mid-export never
+        leaves half a final/, and files another dir hard-links (a reused sweep job) never change."""
         out_dir = self.run_dir / "final"
         if self.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.model.export(out_dir)
+            staging = self.run_dir / f".final-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self.model.export(staging)
+            replaced = self.run_dir / f".final-replaced-{os.getpid()}"
+            if out_dir.exists():
+                os.replace(out_dir, replaced)
+            os.replace(staging, out_dir)
+            shutil.rmtree(replaced, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return out_dir
 
