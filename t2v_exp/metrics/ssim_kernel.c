@@ -13,10 +13,11 @@
  *
  * Everything is float64 (as scikit-image computes), so no centring or cancellation tricks are
  * needed: the moments of 0..255 levels lose at most ~1e-11 to E[x^2] - E[x]^2.
- * The filter is separable and runs one output row at a time (vertical pass over 11 input rows,
- * then horizontal), so its working set stays in the core's caches. Each frame's own filtered maps
- * (x and x^2) are computed once and serve both pairs it belongs to; per pair only x*y is
- * filtered, fused with the SSIM formula. Sums are kept in registers over blocks of 8 outputs,
+ * The filter is separable: per output row a vertical pass over 11 input rows, then a horizontal
+ * pass. Work goes in bands of output rows small enough for the core's L2 cache (the frames'
+ * input rows and filtered maps of one band). Each frame's own filtered maps (x and x^2) are
+ * computed once and serve both pairs it belongs to; per pair only x*y is filtered, fused with
+ * the SSIM formula. Sums are kept in registers over blocks of 8 outputs,
  * along rows (contiguous), so the compiler vectorises them.
  */
 #include <math.h>
@@ -147,99 +148,91 @@ static double ssim_plane(const double *x, const double *y, const double *mean_x,
     return sum;
 }
 
-/* Scratch for one call: the filtered maps of two frames, and rows. */
+/* Output rows per band: the band's input rows of two frames (double) and the two frames'
+ * filtered maps stay within about 512 KB, inside a core's L2 cache at any frame width. */
+static int band_rows(int width, int out_h, int taps) {
+    int rows = (65536 / width - 2 * (taps - 1)) / 6;
+    if (rows < 1) rows = 1;
+    return rows < out_h ? rows : out_h;
+}
+
+/* The frames of one run, as double input rows: either pointers into caller's float64 planes or
+ * rows converted from interleaved uint8 into a buffer per frame slot. */
 typedef struct {
-    double *filtered;  /* [2][channels][2 maps][out_h * out_w] */
-    double *rows;      /* [4][SPAN(width)]: two column rows, the cross row, the SSIM map row */
-    size_t filtered_frame;
-} Scratch;
+    const double *planes;        /* [count][channels][height][width], or NULL */
+    const unsigned char *pixels; /* [count][height][width][channels], or NULL */
+    int channels, height, width;
+    double *converted[2];        /* per slot: rows_in x width */
+} Frames;
 
-static int scratch_init(Scratch *scratch, int channels, int height, int width, int taps) {
-    const size_t out_plane = (size_t)(height - taps + 1) * (width - taps + 1);
-    scratch->filtered_frame = 2 * MAP_SIZE(out_plane) * channels;
+static const double *band_input(Frames *frames, int t, int c, int top, int rows) {
+    const int width = frames->width, channels = frames->channels;
+    if (frames->planes)
+        return frames->planes + (((size_t)t * channels + c) * frames->height + top) * width;
+    double *target = frames->converted[t % 2];
+    const unsigned char *source = frames->pixels + (((size_t)t * frames->height + top) * width) * channels + c;
+    for (size_t p = 0; p < (size_t)rows * width; ++p) target[p] = source[p * channels];
+    return target;
+}
+
+/* Row bands of the output, then channels, then frames in order: frame t's band is filtered once
+ * and scored against frame t - 1's, whose band maps are still in the other slot. */
+static int run(Frames *frames, int count, const double *kernel, int taps, double c1, double c2, double *out) {
+    const int height = frames->height, width = frames->width, pairs = count - 1;
+    const int out_h = height - taps + 1, out_w = width - taps + 1, band = band_rows(width, out_h, taps);
+    const size_t map_size = MAP_SIZE((size_t)band * out_w), rows_max = (size_t)(band + taps - 1) * width;
     /* calloc: the padding past each row and map is read by whole blocks, so it must be finite. */
-    scratch->filtered = calloc(2 * scratch->filtered_frame, sizeof(double));
-    scratch->rows = calloc(4 * SPAN(width), sizeof(double));
-    return scratch->filtered && scratch->rows ? 0 : -1;
-}
-
-static void scratch_free(Scratch *scratch) {
-    free(scratch->filtered);
-    free(scratch->rows);
-}
-
-/* Frame t's planes are in `planes` [channels][height][width]: filter them into slot t % 2, and
- * when t > 0 score the pair (t - 1, t) with the previous frame's planes. */
-static void frame_step(const double *previous, const double *planes, int t, int count, int channels, int height,
-                       int width, const double *kernel, int taps, double c1, double c2, Scratch *scratch,
-                       double *out) {
-    const size_t plane = (size_t)height * width;
-    const size_t out_plane = (size_t)(height - taps + 1) * (width - taps + 1);
-    double *own = scratch->filtered + scratch->filtered_frame * (t % 2);
-    const size_t map_size = MAP_SIZE(out_plane);
-    double *columns = scratch->rows, *map = scratch->rows + 3 * SPAN(width), *row = columns;
-    for (int c = 0; c < channels; ++c)
-        filter_plane(planes + plane * c, height, width, kernel, taps, own + 2 * map_size * c,
-                     own + 2 * map_size * c + map_size, columns);
-    if (t == 0) return;
-    const double *before = scratch->filtered + scratch->filtered_frame * ((t - 1) % 2);
-    double ssim = 0.0, squared = 0.0, absolute = 0.0;
-    for (int c = 0; c < channels; ++c) {
-        const double *x = previous + plane * c, *y = planes + plane * c;
-        const double *fx = before + 2 * map_size * c, *fy = own + 2 * map_size * c;
-        ssim += ssim_plane(x, y, fx, fx + map_size, fy, fy + map_size, height, width, kernel, taps, c1, c2,
-                           columns, map);
-        for (int i = 0; i < height; ++i) {
-            const double *xr = x + (size_t)i * width, *yr = y + (size_t)i * width;
-            for (int j = 0; j < width; ++j) row[j] = (xr[j] - yr[j]) * (xr[j] - yr[j]);
-            squared += total(row, width);
-            for (int j = 0; j < width; ++j) row[j] = fabs(xr[j] - yr[j]);
-            absolute += total(row, width);
+    double *maps = calloc(4 * map_size, sizeof(double));  /* [slot][mean, square] */
+    double *rows = calloc(4 * SPAN(width), sizeof(double));
+    double *converted = frames->pixels ? malloc(sizeof(double) * 2 * rows_max) : NULL;
+    if (!maps || !rows || (frames->pixels && !converted)) {
+        free(maps); free(rows); free(converted);
+        return -1;
+    }
+    frames->converted[0] = converted, frames->converted[1] = converted ? converted + rows_max : NULL;
+    for (int k = 0; k < 3 * pairs; ++k) out[k] = 0.0;
+    double *columns = rows, *map = rows + 3 * SPAN(width), *difference = rows;
+    for (int top = 0; top < out_h; top += band) {
+        const int outputs = out_h - top < band ? out_h - top : band, rows_in = outputs + taps - 1;
+        /* Input rows this band counts for PSNR and motion: its first `outputs`, and the rest at the end. */
+        const int owned = top + outputs == out_h ? rows_in : outputs;
+        for (int c = 0; c < frames->channels; ++c) {
+            const double *previous = NULL;
+            for (int t = 0; t < count; ++t) {
+                const double *current = band_input(frames, t, c, top, rows_in);
+                double *mean = maps + 2 * map_size * (t % 2), *square = mean + map_size;
+                filter_plane(current, rows_in, width, kernel, taps, mean, square, columns);
+                if (previous) {
+                    const double *mean_x = maps + 2 * map_size * ((t - 1) % 2), *square_x = mean_x + map_size;
+                    out[t - 1] += ssim_plane(previous, current, mean_x, square_x, mean, square, rows_in, width,
+                                             kernel, taps, c1, c2, columns, map);
+                    for (int i = 0; i < owned; ++i) {
+                        const double *xr = previous + (size_t)i * width, *yr = current + (size_t)i * width;
+                        for (int j = 0; j < width; ++j) difference[j] = (xr[j] - yr[j]) * (xr[j] - yr[j]);
+                        out[pairs + t - 1] += total(difference, width);
+                        for (int j = 0; j < width; ++j) difference[j] = fabs(xr[j] - yr[j]);
+                        out[2 * pairs + t - 1] += total(difference, width);
+                    }
+                }
+                previous = current;
+            }
         }
     }
-    const int pairs = count - 1;
-    out[t - 1] = ssim;
-    out[pairs + t - 1] = squared;
-    out[2 * pairs + t - 1] = absolute;
+    free(maps); free(rows); free(converted);
+    return 0;
 }
 
 /* frames: double [count][channels][height][width] in levels. */
 int ssim_pair_sums(const double *frames, int count, int channels, int height, int width,
                    const double *kernel, int taps, double c1, double c2, double *out) {
-    const size_t frame = (size_t)channels * height * width;
-    Scratch scratch;
-    if (scratch_init(&scratch, channels, height, width, taps) != 0) {
-        scratch_free(&scratch);
-        return -1;
-    }
-    for (int t = 0; t < count; ++t)
-        frame_step(t ? frames + frame * (t - 1) : NULL, frames + frame * t, t, count, channels, height, width,
-                   kernel, taps, c1, c2, &scratch, out);
-    scratch_free(&scratch);
-    return 0;
+    Frames source = {frames, NULL, channels, height, width, {NULL, NULL}};
+    return run(&source, count, kernel, taps, c1, c2, out);
 }
 
-/* frames: uint8 [count][height][width][channels], as decoders hand them over. Each frame is split
- * into double planes once (two frames held at a time), so no full float64 copy is ever made. */
+/* frames: uint8 [count][height][width][channels], as decoders hand them over; each band's rows
+ * are converted as they are needed, so no float copy of a frame is ever made. */
 int ssim_pair_sums_u8(const unsigned char *frames, int count, int channels, int height, int width,
                       const double *kernel, int taps, double c1, double c2, double *out) {
-    const size_t plane = (size_t)height * width, frame = plane * channels;
-    Scratch scratch;
-    double *planes = malloc(sizeof(double) * 2 * frame);
-    if (scratch_init(&scratch, channels, height, width, taps) != 0 || !planes) {
-        scratch_free(&scratch);
-        free(planes);
-        return -1;
-    }
-    for (int t = 0; t < count; ++t) {
-        double *target = planes + frame * (t % 2);
-        const unsigned char *source = frames + frame * t;
-        for (size_t p = 0; p < plane; ++p)
-            for (int c = 0; c < channels; ++c) target[plane * c + p] = source[p * channels + c];
-        frame_step(t ? planes + frame * ((t - 1) % 2) : NULL, target, t, count, channels, height, width, kernel,
-                   taps, c1, c2, &scratch, out);
-    }
-    scratch_free(&scratch);
-    free(planes);
-    return 0;
+    Frames source = {NULL, frames, channels, height, width, {NULL, NULL}};
+    return run(&source, count, kernel, taps, c1, c2, out);
 }
