@@ -13,8 +13,9 @@ attempts with the same identity, in its own sweep dir first and then in the sibl
   report reads as if the job had run here.
 - **interrupted** (killed, preempted or stopped early, and no process holds its lock) with an
   intact checkpoint of the same experiment: the job resumes from the newest one, exactly as
-  ``resume=`` would. The training log rows up to that step, the base model's evaluation and the
-  validation samples up to that step are carried over, since the resumed run does not redo them.
+  ``resume=`` would. The training log rows and the validation samples up to that step are
+  carried over (and, as on any resume, the base model's evaluation), since the resumed run does
+  not redo them.
 - **failed**, or interrupted before its first checkpoint: the job runs again from the start. When
   that attempt is this very job dir (a rerun into the same sweep dir), its files are first moved
   into ``.previous-attempts/<n>/`` there.
@@ -175,9 +176,8 @@ def reuse(attempt: Attempt, job_dir: Path) -> dict[str, Any]:
 def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
     """Before resuming ``attempt`` at ``step`` in ``job_dir``: start ``metrics.jsonl`` with the
     attempt's rows up to that step (rows past it belong to work the kill discarded), so the loss
-    curve reads as one uninterrupted run; from another dir, also bring the base model's
-    evaluation (``eval_base/``: a resumed run does not redo it) and the validation samples up to
-    that step."""
+    curve reads as one uninterrupted run; from another dir, also bring the validation samples up
+    to that step (the trainer itself brings the base model's evaluation on any resume)."""
     from .engine.checkpoint import CHECKPOINT_RE
     from .sweep import write_atomically
 
@@ -195,8 +195,6 @@ def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
     write_atomically(job_dir / "metrics.jsonl", "".join(f"{row}\n" for row in rows))
     if attempt.job_dir.resolve() == job_dir.resolve():
         return
-    if (attempt.job_dir / "eval_base").is_dir():
-        _bring(attempt.job_dir / "eval_base", job_dir / "eval_base")
     samples = attempt.job_dir / "samples"
     for folder in sorted(samples.glob("step-*")) if samples.is_dir() else []:
         found = CHECKPOINT_RE.match(folder.name.replace("step-", "checkpoint-"))

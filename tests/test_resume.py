@@ -51,3 +51,17 @@ def test_resume_auto_without_checkpoints_starts_fresh(compose_train, tmp_path):
     run_dir = tmp_path / "outputs" / "2026_x_modelscope_tiny_shapes"
     summary = run_training(compose_train([*COMMON, "train.max_steps=2", "resume=auto"], run_dir=run_dir), run_dir)
     assert summary["resumed_from"] is None and summary["step"] == 2 and summary["finished"]
+
+
+def test_a_run_resumed_in_another_dir_still_compares_with_the_base(compose_train, tmp_path):
+    """The base model is scored before step 1 only; a resume into a new run dir brings that
+    evaluation along, so the closing comparison is base vs fine-tuned as in an uninterrupted run."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    evaluate = ["train.evaluate_base=true", "train.evaluate_at_end=true", "evaluation.num_videos=2"]
+    run_training(compose_train([*COMMON, *evaluate, "train.stop_after_steps=3"], run_dir=first), first)
+    assert (first / "eval_base" / "metrics.json").is_file()
+    run_training(compose_train([*COMMON, *evaluate, f"resume={first}"], run_dir=second), second)
+    base = json.loads((second / "eval_base" / "metrics.json").read_text())
+    assert base == json.loads((first / "eval_base" / "metrics.json").read_text())
+    tuned = json.loads((second / "eval" / "metrics.json").read_text())
+    assert tuned["finetuned"] and tuned["comparison"], "no base-vs-fine-tuned comparison after the resume"

@@ -413,6 +413,7 @@ class Trainer:
             raise unusable(DamagedCheckpoint(path, "rng.json", f"RNG state not restorable ({exc})")) from None
         self.state = loaded.state
         self.resumed_from = str(path)
+        self._bring_base_evaluation(path.parent.parent)
         self.wandb_run_id = loaded.raw_state.get("wandb_run_id")
         self.resume_changes = differences(loaded.raw_state.get("settings", {}), self.flat_settings)
         log.info("Resumed from %s at step %d", path, self.state.step)
@@ -420,6 +421,16 @@ class Trainer:
             log.info("Settings changed since that checkpoint (allowed: its fingerprint matches; optimizer "
                      "hyper-parameters and the LR schedule apply from step %d):%s", self.state.step,
                      "".join(f"\n  {line}" for line in self.resume_changes))
+
+    def _bring_base_evaluation(self, source_run: Path) -> None:
+        """A run resumed from another run dir's checkpoint does not score the base model again (it
+        is past step 0): copy that run's ``eval_base/`` so the closing comparison still has it."""
+        source, target = source_run / "eval_base", self.run_dir / "eval_base"
+        if not self.is_main or source_run.resolve() == self.run_dir.resolve() or target.exists():
+            return
+        if self.cfg.train.evaluate_base and source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+            log.info("Base model's evaluation copied from %s (the resumed run does not redo it)", source)
 
     def _apply_optimizer_settings(self) -> None:
         """Resume applies the current optimizer.lr / weight_decay / betas / eps (the saved state
