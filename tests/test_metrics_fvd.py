@@ -46,7 +46,10 @@ def test_fvd_matches_detector_called_by_hand_and_records_protocol():
         with torch.no_grad():
             return detector(clips, rescale=False, resize=False, return_features=True).double().numpy()
 
-    assert result["fvd"] == pytest.approx(scipy_fd(by_hand(generated), by_hand(reference)), rel=1e-6)
+    # The detector computes float32 features; with another batch split or thread count they differ
+    # in the 7th digit, which moves this small distance by up to ~2e-6 relative (seen in CI). A
+    # protocol slip (no rescale, another layout) changes it by orders of magnitude more.
+    assert result["fvd"] == pytest.approx(scipy_fd(by_hand(generated), by_hand(reference)), rel=1e-5)
     protocol = result["protocol"]
     assert protocol["detector_sha256"] == hashlib.sha256(i3d_file().read_bytes()).hexdigest()
     assert (protocol["num_videos"], protocol["num_reference_videos"]) == (6, 5)
