@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 # Settings that change neither the trained weights nor the evaluation (flat keys, prefixes).
 NOT_IDENTITY = ("logger.", "sweep_resume", "train.stop_after_steps", "push_to_hub", "hub_repo_id")
+PREVIOUS_ATTEMPTS = ".previous-attempts"
 # What belongs to the process that ran an attempt (or to its own W&B run), not to its results.
-OWN_FILES = {".hydra", ".train.lock", "status.json", "train.log", "wandb", "checkpoints", ".previous-attempts"}
+OWN_FILES = {".hydra", ".train.lock", "status.json", "train.log", "wandb", "checkpoints", PREVIOUS_ATTEMPTS}
 # Exported weights this large are hard-linked, not copied: final/ is written into a fresh directory
 # and renamed into place (Trainer.export), so neither copy can change the other.
 LINK_AT_BYTES = 1 << 20
-PREVIOUS_ATTEMPTS = ".previous-attempts"
+# Validation samples of one step (Trainer.validate writes samples/step-000042).
+SAMPLES_STEP_RE = re.compile(r"^step-(\d+)$")
 # What a fresh start in the same dir leaves where it is: the new Hydra config, the lock this
 # process holds, the status it is about to write and the log file Hydra has open.
 STAY_IN_PLACE = {".hydra", ".train.lock", "status.json", "train.log", PREVIOUS_ATTEMPTS}
@@ -87,7 +90,7 @@ class Attempt:
 
 def earlier_attempts(sweep_dir: Path, identity: str) -> list[Attempt]:
     """Job dirs of this sweep dir, then of its sibling sweep dirs (newest first), whose status.json
-    records ``identity``. A dir that cannot be read is passed over (logged)."""
+    records ``identity``. A dir that cannot be read is passed over."""
     sweep_dir = Path(sweep_dir)
     siblings = []
     try:
@@ -178,7 +181,6 @@ def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
     attempt's rows up to that step (rows past it belong to work the kill discarded), so the loss
     curve reads as one uninterrupted run; from another dir, also bring the validation samples up
     to that step (the trainer itself brings the base model's evaluation on any resume)."""
-    from .engine.checkpoint import CHECKPOINT_RE
     from .sweep import write_atomically
 
     job_dir = Path(job_dir)
@@ -197,7 +199,7 @@ def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
         return
     samples = attempt.job_dir / "samples"
     for folder in sorted(samples.glob("step-*")) if samples.is_dir() else []:
-        found = CHECKPOINT_RE.match(folder.name.replace("step-", "checkpoint-"))
+        found = SAMPLES_STEP_RE.match(folder.name)
         if found and int(found.group(1)) <= step:
             _bring(folder, job_dir / "samples" / folder.name)
 

@@ -95,10 +95,15 @@ def job_identity_or_none(cfg: DictConfig) -> str | None:
     from .sweep_resume import job_identity
 
     try:
-        return job_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        return job_identity(cfg, world_size())
     except Exception as exc:  # noqa: BLE001 - validation proper happens in the trainer, with a clear message
         log.debug("No job identity (%s)", exc)
         return None
+
+
+def world_size() -> int:
+    """Processes training this job (``accelerate launch`` sets WORLD_SIZE; a multirun job is one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def plan_rerun(cfg: DictConfig, run_dir: Path, identity: str | None):
@@ -115,7 +120,7 @@ def plan_rerun(cfg: DictConfig, run_dir: Path, identity: str | None):
     sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
     try:
         attempts = earlier_attempts(sweep_dir, identity)
-        plan = plan_job(attempts, fingerprint(cfg, 1))
+        plan = plan_job(attempts, fingerprint(cfg, world_size()))  # the fingerprint inside the identity
         if plan.action == "resume":
             carry_over(plan.attempt, run_dir, int(CHECKPOINT_RE.match(plan.checkpoint.name).group(1)))
         elif plan.action == "fresh" and any(a.job_dir.resolve() == run_dir.resolve() for a in attempts):
