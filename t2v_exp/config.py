@@ -77,6 +77,9 @@ class ModelConfig:
     caption_dropout: float = 0.0
     num_inference_steps: int = 25
     guidance_scale: float = 7.5
+    # final/ always holds the diffusers export; "comfyui" adds final/comfyui/*.safetensors (LoRA only,
+    # families whose module lists it in EXPORT_FORMATS: Wan, Wan 2.2, AnimateDiff)
+    export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
 
 
 @dataclass
@@ -329,6 +332,30 @@ def validate_optimizer(optimizer) -> None:
         raise ConfigError(f"optimizer.betas={betas} must be two numbers in [0, 1), e.g. optimizer.betas='[0.9,0.999]'")
 
 
+EXPORT_FORMATS = ("diffusers", "comfyui")
+
+
+def validate_export_formats(model) -> None:
+    """What final/ holds besides the diffusers export, which evaluation and the model card read."""
+    formats = list(model.get("export_formats") or [])
+    example = "model.export_formats='[diffusers,comfyui]'"
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ConfigError(f"model.export_formats={formats}: unknown {unknown}; valid: {list(EXPORT_FORMATS)}, "
+                          f"e.g. {example}")
+    if "diffusers" not in formats:
+        raise ConfigError(f"model.export_formats={formats} must include diffusers (evaluation, resume and the "
+                          f"model card read final/ in that format), e.g. {example}")
+    if "comfyui" in formats and enum_value(model.finetune) != Finetune.lora.value:
+        raise ConfigError(f"model.export_formats has comfyui, a LoRA layout, but model.finetune={enum_value(model.finetune)}; "
+                          f"use model.finetune=lora or model.export_formats='[diffusers]'")
+
+
+def enum_value(value):
+    """A structured config's enum field as its plain string (other values unchanged)."""
+    return getattr(value, "value", value)
+
+
 def validate_geometry(family: str, frames: int, height: int, width: int, where: str) -> None:
     """Upper bounds of the family's clip shape (the family module checks multiples and lower bounds)."""
     max_frames, max_side = GEOMETRY_LIMITS.get(family, DEFAULT_GEOMETRY_LIMITS)
@@ -414,6 +441,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         if not cfg.model.lora.target_modules:
             raise ConfigError("model.lora.target_modules is empty; e.g. [to_q,to_k,to_v,to_out.0]")
         _fraction("model.lora.dropout", cfg.model.lora.dropout, 0.05, include_one=False)
+    validate_export_formats(cfg.model)
     if not 0.0 <= cfg.model.caption_dropout < 1.0:  # also rejects NaN
         raise ConfigError(f"model.caption_dropout={cfg.model.caption_dropout} must be in [0, 1), e.g. 0.1")
     if cfg.train.warmup_steps < 0:

@@ -98,6 +98,8 @@ def card_text(cfg, *, family_module: str, license_name: str, steps: int, eval_re
         f'pipe = load_pipeline("{pretrained}"{extra})  # then replace its denoiser with the one in this folder',
         "```",
         "",
+        *(["ComfyUI: the same LoRA in ComfyUI's layout is in `comfyui/` (see t2v_exp's README, ComfyUI).", ""]
+          if lora and "comfyui" in (model.get("export_formats") or []) else []),
         "Made with t2v_exp (`python -m t2v_exp.train`); the run's config.yaml has every setting.",
         "",
     ]

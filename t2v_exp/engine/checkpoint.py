@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..config import enum_value
 from ..errors import CheckpointError, RunDirLockedError, UserError
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,6 @@ def _from_json(value):
 # -- fingerprint ---------------------------------------------------------------------------------
 
 
-def _plain(value):
-    return getattr(value, "value", value)  # enums as their string
-
-
 def fingerprint(cfg, world_size: int) -> dict[str, Any]:
     """The settings a checkpoint's state depends on, as flat ``key: value`` pairs.
 
@@ -113,7 +110,7 @@ def fingerprint(cfg, world_size: int) -> dict[str, Any]:
     model = cfg.model
     found: dict[str, Any] = {
         "model.name": model.name, "model.family": model.family, "model.pretrained": model.pretrained,
-        "model.motion_adapter": model.get("motion_adapter"), "model.finetune": _plain(model.finetune),
+        "model.motion_adapter": model.get("motion_adapter"), "model.finetune": enum_value(model.finetune),
     }
     if found["model.finetune"] == "lora":
         lora = model.lora
@@ -147,7 +144,7 @@ def flat_settings(cfg) -> dict[str, Any]:
     container.pop("dataset", None)  # in the fingerprint, apart from the operational keys below
     flat = _flatten(container)
     dataset = cfg.dataset
-    flat.update({f"dataset.{k}": _plain(dataset.get(k)) for k in OPERATIONAL_DATASET_KEYS if k in dataset})
+    flat.update({f"dataset.{k}": enum_value(dataset.get(k)) for k in OPERATIONAL_DATASET_KEYS if k in dataset})
     return flat
 
 

@@ -15,9 +15,23 @@ def model_class(model_cfg):
 def resolve_and_validate(model_cfg, cache_dir: str | None):
     """Locate the checkpoint and check geometry from its JSON configs only (no weights loaded)."""
     cls = model_class(model_cfg)
+    check_export_formats(model_cfg, cls)
     roots = cls.resolve(model_cfg, cache_dir)
     cls.validate(model_cfg, roots)
     return cls, roots
+
+
+def check_export_formats(model_cfg, cls) -> None:
+    """Formats beyond diffusers are offered by a family module's EXPORT_FORMATS (default: diffusers only)."""
+    import importlib
+
+    from ..errors import ConfigError
+
+    offered = getattr(importlib.import_module(cls.__module__), "EXPORT_FORMATS", ("diffusers",))
+    missing = [f for f in (model_cfg.get("export_formats") or []) if f not in offered]
+    if missing:
+        raise ConfigError(f"model.export_formats={list(model_cfg.export_formats)}: {model_cfg.family} does not "
+                          f"export {missing} (it offers {list(offered)}); e.g. model.export_formats='[diffusers]'")
 
 
 def build_model(model_cfg, cache_dir: str | None = None) -> VideoModel:

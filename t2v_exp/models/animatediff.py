@@ -11,7 +11,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common, tiny
+from . import comfyui, common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
 from .objectives import DDPMObjective
 
@@ -91,6 +91,20 @@ TINY_BUILDERS = {"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_ad
 
 FAMILY = "animatediff"
 BASE_LICENSE = "creativeml-openrail-m"  # the model card's license when the checkpoint's own card does not say
+EXPORT_FORMATS = ("diffusers", "comfyui")
+# A motion-module attention projection (diffusers' names) -> its name in the original AnimateDiff
+# motion LoRA files (guoyww's trainer; ComfyUI-AnimateDiff-Evolved loads them): the motion module
+# keeps its temporal_transformer level, attn1/attn2 are attention_blocks.0/1, to_out.0 is to_out.
+_MOTION_BLOCK = r"((?:down|up)_blocks\.\d+|mid_block)\.motion_modules\.(\d+)\.transformer_blocks\.(\d+)"
+_ORIGINAL_BLOCK = r"\1.motion_modules.\2.temporal_transformer.transformer_blocks.\3"
+COMFYUI_NAMES = tuple(
+    rule
+    for attn, original in (("attn1", "attention_blocks.0"), ("attn2", "attention_blocks.1"))
+    for rule in (
+        (rf"{_MOTION_BLOCK}\.{attn}\.to_([qkv])", rf"{_ORIGINAL_BLOCK}.{original}.processor.to_\4"),
+        (rf"{_MOTION_BLOCK}\.{attn}\.to_out\.0", rf"{_ORIGINAL_BLOCK}.{original}.processor.to_out"),
+    )
+)
 
 
 @dataclass
@@ -157,6 +171,8 @@ class AnimateDiffModel:
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
             add_lora(self.denoiser, self.lora)
+            if "comfyui" in cfg.export_formats:
+                comfyui.check_names(self.denoiser, COMFYUI_NAMES, "AnimateDiff's motion LoRA")
         else:
             self.denoiser.freeze_unet2d_params()  # leaves exactly the motion modules trainable
         self.denoiser.train()
@@ -226,5 +242,8 @@ class AnimateDiffModel:
             AnimateDiffPipeline.save_lora_weights(
                 out_dir, unet_lora_layers=lora_state_dict(model), unet_lora_adapter_metadata=lora_metadata(self.lora)
             )
+            if "comfyui" in self.cfg.export_formats:  # for ComfyUI-AnimateDiff-Evolved's motion LoRA loader
+                comfyui.save_motion_lora(Path(out_dir) / comfyui.DIRECTORY / f"{self.cfg.name}_motion_lora.safetensors",
+                                         lora_state_dict(model), COMFYUI_NAMES, alpha=self.lora.alpha)
         else:  # a MotionAdapter checkpoint: MotionAdapter.from_pretrained(out_dir / "motion_adapter")
             model.save_motion_modules(str(Path(out_dir) / "motion_adapter"), safe_serialization=True)

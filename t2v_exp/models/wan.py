@@ -40,8 +40,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common
-from .lora import add_lora, lora_settings
+from . import comfyui, common
+from .lora import add_lora, lora_settings, lora_state_dict
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,23 @@ FAMILY = "wan"
 BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 #: Bump when a builder here (or in wan22.py) changes so stale Wan twins in users' caches are rebuilt.
 TINY_VERSION = "2"  # 2: 32-token T5 tokenizer
+EXPORT_FORMATS = ("diffusers", "comfyui")
+#: diffusers module name -> the original Wan checkpoint's, which ComfyUI's LoRA loader (and diffusers'
+#: own reader of such files) expects; the inverse of diffusers' convert_wan_to_diffusers renaming.
+COMFYUI_NAMES = (
+    (r"blocks\.(\d+)\.attn1\.to_([qkv])", r"blocks.\1.self_attn.\2"),
+    (r"blocks\.(\d+)\.attn1\.to_out\.0", r"blocks.\1.self_attn.o"),
+    (r"blocks\.(\d+)\.attn2\.to_([qkv])", r"blocks.\1.cross_attn.\2"),
+    (r"blocks\.(\d+)\.attn2\.to_out\.0", r"blocks.\1.cross_attn.o"),
+    (r"blocks\.(\d+)\.ffn\.net\.0\.proj", r"blocks.\1.ffn.0"),
+    (r"blocks\.(\d+)\.ffn\.net\.2", r"blocks.\1.ffn.2"),
+    (r"condition_embedder\.time_embedder\.linear_1", "time_embedding.0"),
+    (r"condition_embedder\.time_embedder\.linear_2", "time_embedding.2"),
+    (r"condition_embedder\.text_embedder\.linear_1", "text_embedding.0"),
+    (r"condition_embedder\.text_embedder\.linear_2", "text_embedding.2"),
+    (r"condition_embedder\.time_proj", "time_projection.1"),
+    (r"proj_out", "head.head"),
+)
 PIPELINE_PARTS = ["vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 SUBFOLDERS = ["transformer/*", *PIPELINE_PARTS]
 #: The scheduler of the published T2V -Diffusers repos (diffusers' convert_wan_to_diffusers.py).
@@ -266,10 +283,12 @@ def load_transformer(root: str, subfolder: str, dtype: torch.dtype):
     return WanTransformer3DModel.from_pretrained(root, subfolder=subfolder, torch_dtype=dtype)
 
 
-def make_trainable(transformer: nn.Module, lora) -> None:
+def make_trainable(transformer: nn.Module, lora, export_formats=()) -> None:
     """LoRA adapters (only they train) or the whole transformer."""
     if lora:
         add_lora(transformer, lora)
+        if "comfyui" in export_formats:
+            comfyui.check_names(transformer, COMFYUI_NAMES, "Wan")
     else:
         transformer.requires_grad_(True)
     transformer.train()
@@ -373,7 +392,7 @@ class WanModel:
         self.denoiser = load_transformer(root, "transformer", dtype)
         common.freeze(self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
-        make_trainable(self.denoiser, self.lora)
+        make_trainable(self.denoiser, self.lora, cfg.export_formats)
         self.objective = flow_objective(cfg, self.scheduler)
 
     def load_shared_parts(self, root: str, dtype: torch.dtype) -> None:
@@ -447,7 +466,10 @@ class WanModel:
         common.adapter_load_trainable_state_dict(self, state_dict)
 
     def export(self, out_dir: Path):
-        export_expert(self.experts()["transformer"], self.lora, Path(out_dir), Path(out_dir) / "transformer")
+        transformer = self.experts()["transformer"]
+        export_expert(transformer, self.lora, Path(out_dir), Path(out_dir) / "transformer")
+        if self.lora and "comfyui" in self.cfg.export_formats:
+            export_comfyui(transformer, self.lora, Path(out_dir) / comfyui.DIRECTORY / f"{self.cfg.name}.safetensors")
 
 
 def export_expert(transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) -> None:
@@ -456,3 +478,9 @@ def export_expert(transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) 
     from diffusers import WanPipeline
 
     common.export_transformer(WanPipeline, transformer, lora, lora_dir, full_dir)
+
+
+def export_comfyui(transformer: nn.Module, lora, path: Path) -> Path:
+    """The LoRA in ComfyUI's layout (LoraLoaderModelOnly on a Wan model; also what
+    ``WanPipeline.load_lora_weights`` reads as a non-diffusers file)."""
+    return comfyui.save_comfyui_lora(path, lora_state_dict(transformer), COMFYUI_NAMES, alpha=lora.alpha)

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from . import common, wan
+from . import comfyui, common, wan
 from .lora import load_lora_state_dict, lora_settings, lora_state_dict
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's ow
 SUBFOLDERS = ["transformer/*", "transformer_2/*", *wan.PIPELINE_PARTS]
 #: model.experts name -> pipeline component, in the order the pipeline uses them (high noise first).
 EXPERTS = {"high": "transformer", "low": "transformer_2"}
+#: ComfyUI file name suffix per expert (its Wan 2.2 workflows load a high- and a low-noise LoRA).
+COMFYUI_SUFFIX = {"transformer": "high_noise", "transformer_2": "low_noise"}
+EXPORT_FORMATS = wan.EXPORT_FORMATS
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what WanPipeline.save_lora_weights writes
 #: The T2V A14B split (diffusers' convert_wan_to_diffusers.py; Wan2.2's t2v_A14B config).
 PUBLISHED_BOUNDARY_RATIO = 0.875
@@ -212,7 +215,7 @@ class Wan22Model(wan.WanModel):
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         self.trained = trained_experts(cfg)
         for component in self.trained:
-            wan.make_trainable(getattr(self.denoiser, component), self.lora)
+            wan.make_trainable(getattr(self.denoiser, component), self.lora, cfg.export_formats)
         self.denoiser.train()
         b = self.boundary_ratio
         ranges = {"transformer": (b, 1.0), "transformer_2": (0.0, b)}
@@ -270,3 +273,6 @@ class Wan22Model(wan.WanModel):
         experts = self.experts()
         for component in self.trained:
             wan.export_expert(experts[component], self.lora, Path(out_dir) / component, Path(out_dir) / component)
+            if self.lora and "comfyui" in self.cfg.export_formats:  # ComfyUI loads one file per noise level
+                name = f"{self.cfg.name}_{COMFYUI_SUFFIX[component]}.safetensors"
+                wan.export_comfyui(experts[component], self.lora, Path(out_dir) / comfyui.DIRECTORY / name)
