@@ -30,7 +30,7 @@ train: install ## run the default job (tiny model, synthetic data, offline W&B);
 	$(PY) -m t2v_exp.train $(ARGS)
 
 SWEEP ?= compare_models_tiny
-sweep: install ## the three-model comparison + report (SWEEP=compare_models on GPUs; default: tiny twins on CPU)
+sweep: install ## the model comparison + report (SWEEP=compare_models on GPUs; default: every tiny family on CPU)
 	$(PY) -m t2v_exp.train sweep=$(SWEEP) $(ARGS)
 
 test: install ## the fast test suite (what CI runs)

@@ -11,6 +11,10 @@ text embeddings of the right shapes (as when training from the latent cache).
 - animatediff-sd15: SD1.5 ``UNet2DConditionModel`` (cross-attention 768, head dim 8) +
   ``MotionAdapter()`` -> ``UNetMotionModel.from_unet2d`` at 16x512x512 -> latents 4x16x64x64;
   LoRA rank 16 on the motion modules; "full" trains the motion modules.
+- wan-1.3b: ``WanTransformer3DModel`` with Wan2.1-T2V-1.3B's config (30 layers, 12 heads x 128, FFN
+  8960, text 4096) at 81x480x832 -> latents 16x21x60x104 (32760 tokens), 512 text tokens; LoRA rank 32.
+- ltx-video: ``LTXVideoTransformer3DModel()`` defaults (LTX-Video 0.9: 28 layers, 32 heads x 64, text
+  4096) at 121x512x768 -> latents 128x16x16x24 (6144 tokens), 128 text tokens; LoRA rank 32.
 
 For each case x {lora, full} x gradient checkpointing {on, off}, batch 1, bf16 mixed precision
 (frozen weights bf16, trainable fp32, autocast): one optimizer step through the engine
@@ -72,6 +76,15 @@ FULL = {
         kwargs=dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
                     in_channels=4, out_channels=4, layers_per_block=2, sample_size=64),
         adapter_kwargs={}, lora_rank=16, scope="motion_modules"),
+    "wan-1.3b": dict(
+        family="wan", model="wan", latents=(1, 16, 21, 60, 104), text=(1, 512, 4096),
+        kwargs=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        lora_rank=32, scope=None),
+    "ltx-video": dict(
+        family="ltx", model="ltx", kwargs={}, latents=(1, 128, 16, 16, 24), text=(1, 128, 4096),
+        geometry=dict(spatial=32, temporal=8, patch=1, patch_t=1), lora_rank=32, scope=None),
 }
 # The tiny twins' architectures (t2v_exp/models/tiny.py): the same code path, CPU-sized.
 TINY = {
@@ -94,6 +107,16 @@ TINY = {
                     attention_head_dim=8, norm_num_groups=8),
         adapter_kwargs=dict(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
                             motion_num_attention_heads=4, motion_max_seq_length=32, use_motion_mid_block=True)),
+    "wan-1.3b": dict(
+        FULL["wan-1.3b"], model="wan_tiny", latents=(1, 16, 3, 4, 4), text=(1, 32, 32), lora_rank=4,
+        kwargs=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+                    out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", rope_max_seq_len=32)),
+    "ltx-video": dict(
+        FULL["ltx-video"], model="ltx_tiny", latents=(1, 8, 2, 4, 4), text=(1, 32, 32), lora_rank=4,
+        geometry=dict(spatial=8, temporal=8, patch=1, patch_t=1),
+        kwargs=dict(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+                    attention_head_dim=8, cross_attention_dim=32, num_layers=2, caption_channels=32)),
 }
 
 
@@ -102,8 +125,10 @@ def build_denoiser(case: dict, lora: bool, device):
     import diffusers as d
 
     with torch.device(device):
-        if case["family"] == "cogvideox":
-            return d.CogVideoXTransformer3DModel(**case["kwargs"])
+        transformers = {"cogvideox": d.CogVideoXTransformer3DModel, "wan": d.WanTransformer3DModel,
+                        "ltx": d.LTXVideoTransformer3DModel}
+        if case["family"] in transformers:
+            return transformers[case["family"]](**case["kwargs"])
         if case["family"] == "modelscope":
             from t2v_exp.models.modelscope import lora_unet_class  # UNet3D + the PEFT adapter mixin
 
@@ -114,12 +139,17 @@ def build_denoiser(case: dict, lora: bool, device):
 
 def noise_scheduler(family: str):
     """The published training schedules, as the t2v_exp adapters configure them."""
-    from diffusers import CogVideoXDDIMScheduler, DDPMScheduler
+    from diffusers import CogVideoXDDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     from t2v_exp.models.animatediff import MOTION_BETAS, SD15_SCHEDULER
     from t2v_exp.models.cogvideox import COGVIDEOX_SCHEDULER
+    from t2v_exp.models.ltx import LTX_SCHEDULER
     from t2v_exp.models.modelscope import MODELSCOPE_SCHEDULER
 
+    if family == "wan":  # training draws its own sigmas; only num_train_timesteps is read
+        return FlowMatchEulerDiscreteScheduler()
+    if family == "ltx":
+        return FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULER)
     if family == "cogvideox":
         return CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER)
     if family == "modelscope":
@@ -139,7 +169,17 @@ def make_adapter(case: dict, model_cfg, denoiser, lora: bool):
     adapter.cfg, adapter.denoiser = model_cfg, denoiser
     adapter.scheduler = adapter.train_scheduler = noise_scheduler(case["family"])
     adapter.vae_scale_spatial, adapter.max_text_tokens = 8, case["text"][1]
-    adapter.objective = DDPMObjective(adapter.train_scheduler)
+    if case["family"] == "wan":
+        from t2v_exp.models.wan import flow_objective
+
+        adapter.objective = flow_objective(model_cfg, adapter.scheduler)
+    elif case["family"] == "ltx":  # its objective is a method (the shift depends on the token count)
+        from t2v_exp.models.ltx import Geometry
+
+        g = adapter.geometry = Geometry(**case["geometry"])
+        adapter.rope_interpolation_scale = (g.temporal / model_cfg.fps, g.spatial, g.spatial)
+    else:
+        adapter.objective = DDPMObjective(adapter.train_scheduler)
     adapter.uses_rotary = bool(getattr(denoiser.config, "use_rotary_positional_embeddings", False))  # CogVideoX
     adapter.patch_size_t = getattr(denoiser.config, "patch_size_t", None)  # CogVideoX 1.5 pads latent frames
     adapter.lora = LoraConfig(rank=case["lora_rank"], alpha=case["lora_rank"], scope=case["scope"]) if lora else None

@@ -61,8 +61,32 @@ def add_lora(denoiser, rank: int, alpha: float, targets=("to_q", "to_k", "to_v",
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=pattern), denoiser)
 
 
+def flow_matching_loss(family, denoiser, noise_scheduler, latents, embeds):
+    """Rectified flow as the Wan and LTX-Video references train: logit-normal sigma, x_t = (1 - sigma) x0
+    + sigma noise, target noise - x0, timestep 1000 sigma. latents [B, C, F, h, w]; LTX takes them as
+    patch-1 tokens [B, F*h*w, C] with the clip's latent shape beside them."""
+    batch = latents.shape[0]
+    sigmas = torch.sigmoid(torch.randn(batch, device=latents.device))
+    noise = torch.randn_like(latents)
+    s = sigmas.view(batch, 1, 1, 1, 1).to(latents.dtype)
+    noisy, target = (1 - s) * latents + s * noise, noise - latents
+    steps = sigmas * noise_scheduler.config.num_train_timesteps
+    if family == "wan":
+        pred = denoiser(hidden_states=noisy, timestep=steps, encoder_hidden_states=embeds, return_dict=False)[0]
+    else:
+        _, _, frames, height, width = latents.shape
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        pred = denoiser(hidden_states=noisy.flatten(2).transpose(1, 2), encoder_hidden_states=embeds, timestep=steps,
+                        encoder_attention_mask=mask, num_frames=frames, height=height, width=width,
+                        return_dict=False)[0]
+        target = target.flatten(2).transpose(1, 2)
+    return F.mse_loss(pred.float(), target.float())
+
+
 def diffusion_loss(family, denoiser, noise_scheduler, latents, embeds):
-    """latents: [B, C, F, h, w] (UNets) or [B, F, C, h, w] (CogVideoX); embeds: [B, L, D]."""
+    """latents: [B, C, F, h, w] (UNets, Wan, LTX) or [B, F, C, h, w] (CogVideoX); embeds: [B, L, D]."""
+    if family in ("wan", "ltx"):
+        return flow_matching_loss(family, denoiser, noise_scheduler, latents, embeds)
     noise = torch.randn_like(latents)
     steps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, steps)

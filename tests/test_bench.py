@@ -28,7 +28,7 @@ def test_gpu_bench_runs_every_configuration_through_the_engine_on_cpu(tmp_path):
     run_bench("bench_gpu.py", "--device", "cpu", "--tiny", "--warmup", "1", "--rounds", "1", "--steps", "1",
               "--out", str(out))
     rows = json.loads(out.read_text())["results"]
-    assert len(rows) == 12  # 3 architectures x LoRA/full x checkpointing on/off
+    assert len(rows) == 20  # 5 architectures x LoRA/full x checkpointing on/off
     for row in rows:  # ModelScope with checkpointing included: t2v_exp checkpoints the UNet3D's blocks
         assert row["status"] == "ok", row
         assert row["model_flops"] > 0 and row["engine_step_s"] > 0 and row["minimal_step_s"] > 0, row

@@ -9,6 +9,8 @@ import pytest
 
 from t2v_exp.engine.trainer import run_training
 
+from .conftest import CONF_DIR
+
 FAST = ["train.max_steps=1", "logger=none", "validation.enabled=false", "dataset.num_videos=6"]
 
 
@@ -35,6 +37,18 @@ def test_cached_training_matches_uncached_and_reuses_the_cache(run):
     assert second["cache"] == {"encoded_videos": 0, "reused_videos": 6, "encoded_prompts": 0,
                                "reused_prompts": first["cache"]["encoded_prompts"], "rebuilt_videos": 0,
                                "rebuilt_prompts": 0}
+
+
+OTHER_TINY_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*_tiny.yaml") if p.stem != "modelscope_tiny")
+
+
+@pytest.mark.parametrize("preset", OTHER_TINY_PRESETS)
+def test_every_family_trains_from_its_cache_as_on_the_fly(preset, run):
+    """The test above for every other discovered family: its latent layout and text states round-trip."""
+    plain = run("plain", f"model={preset}")
+    cached = run("cached", f"model={preset}", "dataset.cache=latents")
+    assert cached["cache"]["encoded_videos"] == 6
+    assert cached["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-5)
 
 
 def test_changing_resolution_or_model_rebuilds(run):

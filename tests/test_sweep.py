@@ -59,10 +59,17 @@ def test_sweeps_and_launchers_compose_without_slurm(overrides, compose_train):
     if overrides[0].startswith("sweep="):
         assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
         params = cfg.hydra.sweeper.params
-        swept = params.model if "model" in params else params.experiment
-        assert len(swept.split(",")) == 3
-        if overrides[0] == "sweep=compare_models_tiny":  # controlled: only the model varies
+        group = "model" if "model" in params else "experiment"
+        swept = params[group].split(",")
+        assert all((CONF_DIR / group / f"{name}.yaml").is_file() for name in swept), swept
+        if overrides[0] == "sweep=compare_models_tiny":  # controlled: only the model varies, every family joins
             assert set(params) == {"model"}
+            assert set(swept) == {p.stem for p in (CONF_DIR / "model").glob("*_tiny.yaml")}
+        if overrides[0] == "sweep=compare_models":  # one seed-study-style preset per real family
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                families = {compose(config_name="train", overrides=[f"experiment={name}"]).model.family
+                            for name in swept}
+            assert len(families) == len(swept) >= 6
 
 
 def run_sweep(*overrides: str) -> subprocess.CompletedProcess:
@@ -71,14 +78,17 @@ def run_sweep(*overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+TINY_SWEEP = ["modelscope_tiny", "cogvideox_tiny", "animatediff_tiny", "cogvideox15_tiny", "wan_tiny", "wan22_tiny",
+              "ltx_tiny"]  # conf/sweep/compare_models_tiny.yaml, in its order
+
+
 def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=6",
                        "evaluation.num_videos=2")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
-    assert [j.name for j in jobs] == ["0_modelscope_tiny_shapes", "1_cogvideox_tiny_shapes",
-                                      "2_animatediff_tiny_shapes"]
+    assert [j.name.split("_", 1)[1] for j in jobs] == [f"{name}_shapes" for name in TINY_SWEEP]
     for job in jobs:
         assert json.loads((job / "status.json").read_text())["status"] == "ok"
         base = json.loads((job / "eval_base" / "metrics.json").read_text())
@@ -92,10 +102,10 @@ def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
         assert "group: compare_models_tiny" in wandb_config
         assert "domain: vertical_motion" in wandb_config  # every job on the same data
     report = (sweep_dir / "report.md").read_text()
-    for name in ("modelscope_tiny", "cogvideox_tiny", "animatediff_tiny"):
+    for name in TINY_SWEEP:
         assert name in report
     html = (sweep_dir / "report.html").read_text()
-    assert html.count("<video") >= 6
+    assert html.count("<video") >= 2 * len(TINY_SWEEP)
     assert (sweep_dir / "loss_curves.png").stat().st_size > 0
     assert (sweep_dir / "frame_grid.png").stat().st_size > 0
     for column in ("objective", "s/step", "shapes (vertical_motion)"):
