@@ -296,10 +296,9 @@ def _positive(key: str, value, example) -> None:
 
 
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seeding range: the data order and the shapes data derive from the seed
-# Sanity bounds per family, far above what any of its checkpoints trains at: a typo such as
-# model.num_frames=100000 fails here instead of allocating for minutes. (frames, pixels per side)
-GEOMETRY_LIMITS = {"modelscope": (1024, 4096), "cogvideox": (1024, 4096), "animatediff": (1024, 4096)}
-DEFAULT_GEOMETRY_LIMITS = (1024, 4096)
+# Sanity bounds, far above what any family's checkpoints train at: a typo such as model.num_frames=100000 fails here instead of allocating for minutes. Each
+# family module checks its own multiples and lower bounds.
+MAX_FRAMES, MAX_SIDE = 1024, 4096
 # Schema-less sections where any key is accepted (they are handed to a metric/dataset as is).
 FREE_FORM_KEYS = ("evaluation.metric_settings",)
 
@@ -358,13 +357,12 @@ def enum_value(value):
 
 def validate_geometry(family: str, frames: int, height: int, width: int, where: str) -> None:
     """Upper bounds of the family's clip shape (the family module checks multiples and lower bounds)."""
-    max_frames, max_side = GEOMETRY_LIMITS.get(family, DEFAULT_GEOMETRY_LIMITS)
-    if frames > max_frames:
-        raise ConfigError(f"{where}num_frames={frames} is more than {family} takes here (at most {max_frames}), "
+    if frames > MAX_FRAMES:
+        raise ConfigError(f"{where}num_frames={frames} is more than {family} takes here (at most {MAX_FRAMES}), "
                           f"e.g. model.num_frames=16")
     for side, value in (("height", height), ("width", width)):
-        if value > max_side:
-            raise ConfigError(f"{where}{side}={value} is more than {family} takes here (at most {max_side} "
+        if value > MAX_SIDE:
+            raise ConfigError(f"{where}{side}={value} is more than {family} takes here (at most {MAX_SIDE} "
                               f"pixels), e.g. model.{side}=256")
 
 
