@@ -130,3 +130,36 @@ def test_exported_lora_loads_into_the_stock_pipeline_and_reproduces_generate(pre
     ours = model.generate([PROMPTS[0]], num_inference_steps=2, guidance_scale=1.0,
                           generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours, tuned.float().clamp(0, 1), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_generation_encodes_prompts_itself_and_matches_the_pipelines_own_text_path(preset, compose_train):
+    """generate() hands the pipeline embeddings (so an offloaded text encoder never meets token ids on
+    the accelerator): the pipeline's text encoder must not run inside it, and with classifier-free
+    guidance (an empty negative prompt) the video must equal the stock pipeline's from the prompt."""
+    _, model = build(preset, compose_train, "model.finetune=lora")
+    call = dict(num_inference_steps=2, guidance_scale=4.0)
+    stock = model.stock_pipeline()
+    stock.set_progress_bar_config(disable=True)
+    reference = stock(prompt=PROMPTS[0], generator=torch.Generator().manual_seed(0), output_type="pt",
+                      **call, **model.generation_kwargs()).frames.float().clamp(0, 1)
+    inside_pipeline = []
+    original_pipeline = model.pipeline
+
+    def pipeline():
+        pipe = original_pipeline()
+        hook = pipe.text_encoder.register_forward_pre_hook(lambda *_: inside_pipeline.append(1))
+        hooks.append(hook)
+        return pipe
+
+    hooks = []
+    model.pipeline = pipeline
+    try:
+        ours = model.generate([PROMPTS[0]], generator=torch.Generator().manual_seed(0), **call)
+    finally:
+        del model.pipeline
+        for hook in hooks:
+            hook.remove()
+    assert hooks, "generate() did not build the pipeline"
+    assert inside_pipeline == [], "the pipeline ran its own text encoder"
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)

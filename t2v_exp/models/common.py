@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -284,21 +286,66 @@ def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]
         load_full_state_dict(denoiser, state_dict)
 
 
+def prompt_embeds_kwargs(embeds: torch.Tensor, negative: torch.Tensor | None) -> dict[str, Any]:
+    """The stock pipelines' keywords for precomputed text states (LTX adds its masks: see ltx.py)."""
+    kwargs: dict[str, Any] = {"prompt_embeds": embeds}
+    if negative is not None:
+        kwargs["negative_prompt_embeds"] = negative
+    return kwargs
+
+
+@contextmanager
+def decode_where_the_vae_lives(vae: nn.Module):
+    """While sampling, ``vae.decode`` takes its inputs to the VAE's device and returns to the caller's.
+
+    With ``gpu.cpu_offload`` the VAE stays on the CPU while the pipeline denoises on the accelerator,
+    and every stock pipeline ends with ``self.vae.decode(latents, ...)`` on the accelerator's latents."""
+    original = vae.decode
+
+    def moved(value, device):
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    def decode(*args, **kwargs):
+        here = next((a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        home = first_parameter(vae).device
+        out = original(*(moved(a, home) for a in args), **{k: moved(v, home) for k, v in kwargs.items()})
+        if here is None or here == home:
+            return out
+        if isinstance(out, tuple):
+            return tuple(moved(v, here) for v in out)
+        out.sample = out.sample.to(here)
+        return out
+
+    vae.decode = decode
+    try:
+        yield
+    finally:
+        del vae.decode  # the instance attribute; the class's method shows through again
+
+
 @torch.no_grad()
 def adapter_generate(model, prompts: list[str], *, num_inference_steps: int, guidance_scale: float,
                      generator: torch.Generator) -> torch.Tensor:
     """Sample with the family's own pipeline and geometry: [B, F, C, H, W] floats in [0, 1] on the CPU.
 
-    Always in eval mode: a denoiser left in training mode would sample with its dropout on (UNet3D's
-    temporal convs drop 10%), so the same prompt and seed would not give the stock pipeline's video."""
+    The prompts (and, with classifier-free guidance, the empty negative prompt the pipelines default
+    to) are encoded by the family's ``encode_prompts`` wherever the text encoder lives, and handed to
+    the pipeline as embeddings: its own text path would move token ids to the accelerator, where an
+    offloaded text encoder is not. Always in eval mode: a denoiser left in training mode would sample
+    with its dropout on (UNet3D's temporal convs drop 10%), so the same prompt and seed would not give
+    the stock pipeline's video."""
+    embeds = model.encode_prompts(list(prompts))
+    negative = model.encode_prompts([""] * len(prompts)) if guidance_scale > 1 else None
+    prompt_kwargs = getattr(model, "prompt_kwargs", prompt_embeds_kwargs)(embeds, negative)
     denoiser = model.denoiser
     was_training = denoiser.training
     denoiser.eval()
     try:
-        out = model.pipeline()(
-            prompt=prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            generator=generator, output_type="pt", **model.generation_kwargs(),
-        )
+        with decode_where_the_vae_lives(model.vae):
+            out = model.pipeline()(
+                **prompt_kwargs, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                generator=generator, output_type="pt", **model.generation_kwargs(),
+            )
     finally:
         denoiser.train(was_training)
     return to_unit_range(out.frames)

@@ -426,6 +426,13 @@ class LTXModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
+    def prompt_kwargs(self, embeds, negative):
+        """LTXPipeline takes precomputed text states only with their masks (rebuilt from the zeroed padding)."""
+        kwargs = {"prompt_embeds": embeds, "prompt_attention_mask": prompt_mask(embeds)}
+        if negative is not None:
+            kwargs.update(negative_prompt_embeds=negative, negative_prompt_attention_mask=prompt_mask(negative))
+        return kwargs
+
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)

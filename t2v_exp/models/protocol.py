@@ -70,6 +70,9 @@ class VideoModel(Protocol):
     ) -> torch.Tensor:
         """Diffusion loss on one batch; sample i's timestep and noise come from ``generators[i]``."""
 
+    # Optional: ``prompt_kwargs(embeds, negative) -> dict``, the pipeline-call keywords for precomputed
+    # text states (common.prompt_embeds_kwargs when absent: prompt_embeds / negative_prompt_embeds).
+
     def generation_kwargs(self) -> dict[str, Any]:
         """The geometry (and text-length) keyword arguments of the stock pipeline's call."""
 
