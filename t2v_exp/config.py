@@ -63,6 +63,22 @@ class LoraConfig:
 
 
 @dataclass
+class OptimizerDefaults:
+    """What one fine-tune mode of a family trains at unless ``optimizer.lr`` / ``weight_decay`` say otherwise."""
+
+    lr: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class OptimizerDefaultsByMode:
+    """The family's reference trainers' settings per ``model.finetune`` (each family YAML cites its source)."""
+
+    lora: OptimizerDefaults = field(default_factory=OptimizerDefaults)
+    full: OptimizerDefaults = field(default_factory=OptimizerDefaults)
+
+
+@dataclass
 class ModelConfig:
     _target_: str = MISSING
     name: str = MISSING
@@ -80,13 +96,15 @@ class ModelConfig:
     # final/ always holds the diffusers export; "comfyui" adds final/comfyui/*.safetensors (LoRA only,
     # families whose module lists it in EXPORT_FORMATS: Wan, Wan 2.2, AnimateDiff)
     export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
+    # conf/optimizer/*.yaml take optimizer.lr / weight_decay from here for the chosen finetune mode
+    optimizer_defaults: OptimizerDefaultsByMode = field(default_factory=OptimizerDefaultsByMode)
 
 
 @dataclass
 class OptimizerConfig:
     _target_: str = MISSING
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
+    lr: float = MISSING  # conf/optimizer/*.yaml: the family's default for the finetune mode
+    weight_decay: float = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
@@ -174,7 +192,8 @@ class EvalSettings:
 @dataclass
 class PathsConfig:
     cache_dir: str = "${oc.env:T2V_EXP_CACHE,${oc.env:HOME}/.cache/t2v_exp}"
-    output_dir: str = "${hydra:runtime.output_dir}"
+    # None only where Hydra has no run dir: `--cfg job --resolve` prints the config without starting a job
+    output_dir: str | None = "${hydra:runtime.output_dir}"
 
 
 @dataclass
@@ -332,6 +351,25 @@ def validate_optimizer(optimizer) -> None:
 
 
 EXPORT_FORMATS = ("diffusers", "comfyui")
+
+
+# A full fine-tune above this multiple of its family's full-mode learning rate is running at a
+# LoRA-sized rate: LoRA's low-rank update tolerates ~10x the rate that full weights do.
+LORA_SIZED_LR_FACTOR = 10.0
+
+
+def full_finetune_lr_warning(cfg: DictConfig) -> str | None:
+    """A warning when ``model.finetune=full`` trains at a LoRA-sized learning rate, else None."""
+    if cfg.model.finetune != Finetune.full:
+        return None
+    reference = float(cfg.model.optimizer_defaults.full.lr)
+    lr = float(cfg.optimizer.lr)
+    if lr <= LORA_SIZED_LR_FACTOR * reference:
+        return None
+    return (f"model.finetune=full at optimizer.lr={lr:g}, {lr / reference:.0f}x the {cfg.model.name} full "
+            f"fine-tune default ({reference:g}, model.optimizer_defaults.full.lr): a LoRA-sized rate on every "
+            f"weight of the base tends to wipe out what it knew. Unless that is the intent, drop the "
+            f"optimizer.lr override (the default then applies) or set optimizer.lr={reference:g}")
 
 
 def validate_export_formats(model) -> None:

@@ -247,6 +247,9 @@ class Trainer:
 
         cfg = self.cfg
         config_schema.validate(cfg)
+        lr_warning = config_schema.full_finetune_lr_warning(cfg)
+        if lr_warning:
+            log.warning("%s", lr_warning)
         self.settings = StepSettings.from_config(cfg)
         require_writable(self.run_dir)
         if self.lock is None and int(os.environ.get("RANK", "0")) == 0:  # the ranks share rank 0's dir
