@@ -23,6 +23,11 @@ class Finetune(str, Enum):
     full = "full"
 
 
+class LatentSampling(str, Enum):
+    mode = "mode"  # the VAE posterior's mean: deterministic latents
+    sample = "sample"  # a fresh draw from the posterior every step, as the reference trainers do
+
+
 class MixedPrecision(str, Enum):
     no = "no"
     fp16 = "fp16"
@@ -96,6 +101,9 @@ class ModelConfig:
     # final/ always holds the diffusers export; "comfyui" adds final/comfyui/*.safetensors (LoRA only,
     # families whose module lists it in EXPORT_FORMATS: Wan, Wan 2.2, AnimateDiff)
     export_formats: list[str] = field(default_factory=lambda: ["diffusers"])
+    # mode: train on the VAE posterior's mean (the latent cache then equals on-the-fly encoding exactly);
+    # sample: draw from the posterior every step (the latent cache stores mean and std)
+    latent_sampling: LatentSampling = LatentSampling.mode
     # conf/optimizer/*.yaml take optimizer.lr / weight_decay from here for the chosen finetune mode
     optimizer_defaults: OptimizerDefaultsByMode = field(default_factory=OptimizerDefaultsByMode)
 

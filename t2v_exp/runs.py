@@ -70,8 +70,8 @@ def load_model(cfg: DictConfig, checkpoint: Path | None):
     from .engine.checkpoint import load_trainable
     from .models import resolve_and_validate
 
-    model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
     device, mixed = device_and_precision(cfg)
+    model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir, mixed)
     model = model_cls(cfg.model, roots)
     if checkpoint is not None:
         model.load_trainable_state_dict(load_trainable(checkpoint))

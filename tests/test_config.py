@@ -108,6 +108,38 @@ def test_missing_local_checkpoint_says_what_to_do(compose_train, tmp_path):
     assert "model.pretrained" in str(info.value) and "does not exist" in str(info.value)
 
 
+def test_every_missing_component_is_reported_at_once_with_its_own_key(compose_train, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_train(["model=animatediff", "model.pretrained=nobody/sd15-not-cached",
+                         "model.motion_adapter=nobody/adapter-not-cached"])
+    with pytest.raises(RuntimeError) as info:
+        resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+    message = str(info.value)
+    assert "2 of 2" in message
+    assert "download nobody/sd15-not-cached" in message and "set model.pretrained=/path/to/sd15-not-cached" in message
+    assert "download nobody/adapter-not-cached" in message
+    assert "set model.motion_adapter=/path/to/adapter-not-cached" in message
+    assert "model=animatediff_tiny" in message and "cogvideox" not in message
+    # one present, one missing: only the missing one is listed
+    cfg = compose_train(["model=animatediff", "model.motion_adapter=nobody/adapter-not-cached"])
+    cfg.model.pretrained = "tiny:sd15"
+    with pytest.raises(RuntimeError) as info:
+        resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+    assert "1 of 2" in str(info.value) and "model.pretrained" not in str(info.value)
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if not m.endswith("_tiny")])
+def test_missing_checkpoint_suggests_the_tiny_twin_of_the_same_family(compose_train, monkeypatch, model):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_train([f"model={model}", "model.pretrained=nobody/not-cached"])
+    with pytest.raises(RuntimeError) as info:
+        resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+    (suggested,) = [word for word in str(info.value).split() if word.startswith("model=")]
+    assert (CONF_DIR / "model" / f"{suggested.removeprefix('model=')}.yaml").is_file()
+    twin = compose_train([suggested])
+    assert twin.model.family == cfg.model.family and twin.model._target_ == cfg.model._target_
+
+
 def test_unreachable_hub_id_says_what_to_download(compose_train, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = compose_train(["model=cogvideox", "model.pretrained=THUDM/CogVideoX-2b-not-cached"])

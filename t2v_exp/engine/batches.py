@@ -51,9 +51,10 @@ def instantiate_dataset(dataset_cfg, *, split: str, report_dir: str | None):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack pixel clips (``video``) or cached latents (``latents``), keep prompts and keys as lists."""
+    """Stack pixel clips (``video``) or cached latents (``latents``, with ``latents_std`` when the cache
+    holds posteriors), keep prompts and keys as lists."""
     batch = {"prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items]}
-    for field in ("video", "latents"):
+    for field in ("video", "latents", "latents_std"):
         if field in items[0]:
             batch[field] = torch.stack([item[field] for item in items])
     return batch

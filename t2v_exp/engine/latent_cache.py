@@ -175,9 +175,16 @@ class ShardStore:
 
 
 class LatentCache:
-    def __init__(self, root: Path, model, dataset_cfg: dict):
+    """``posteriors=True`` (``model.latent_sampling=sample``) stores each clip's posterior mean and
+    std stacked (``[2, *latent shape]``), in a directory of its own; training then draws a fresh
+    latent from them every step. Otherwise a shard holds the mean alone."""
+
+    def __init__(self, root: Path, model, dataset_cfg: dict, *, posteriors: bool = False):
         self.model = model
+        self.posteriors = posteriors
         sampling = {k: v for k, v in dataset_cfg.items() if k not in KEY_IGNORED}
+        if posteriors:  # caches of the mean alone keep the key they always had
+            sampling["latent_posteriors"] = True
         self.variants = int(dataset_cfg.get("cache_variants", 1) or 1)
         self.video_dir = (Path(root) / "latents"
                           / f"{model.family}-{_digest([CACHE_FORMAT, video_identity(model), sampling])}")
@@ -211,8 +218,15 @@ class LatentCache:
             else:
                 frames, height, width = geometry
                 blank = torch.zeros(frames, 3, height, width)
-            self._latent_form[geometry] = self._form(self.model.encode_videos(blank.unsqueeze(0).to(device))[0])
+            self._latent_form[geometry] = self._form(self._encode(blank.unsqueeze(0).to(device)))
         return self._latent_form[geometry]
+
+    def _encode(self, video: torch.Tensor) -> torch.Tensor:
+        """One clip's shard content: its latents, or its posterior (mean, std) stacked."""
+        if self.posteriors:
+            mean, std = self.model.encode_video_posteriors(video)
+            return torch.stack([mean[0], std[0]])
+        return self.model.encode_videos(video)[0]
 
     def _expected_embeds(self) -> tuple:
         if self._text_form is None:
@@ -242,7 +256,7 @@ class LatentCache:
                 continue
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(variant)  # the clip an uncached run would decode in epoch `variant`
-            latents = self.model.encode_videos(dataset[index]["video"].unsqueeze(0).to(device))[0]
+            latents = self._encode(dataset[index]["video"].unsqueeze(0).to(device))
             geometry = tuple(dataset.geometry(index)) if hasattr(dataset, "geometry") else None
             self._latent_form.setdefault(geometry, self._form(latents))
             self.videos.write(path, latents)
@@ -288,6 +302,7 @@ class CachedLatents(Dataset):
         self.dataset = dataset
         self.paths = [[cache.video_path(dataset, i, v) for v in range(cache.variants)] for i in range(len(dataset))]
         self.seed = seed
+        self.posteriors = cache.posteriors
         self.epoch = 0
         # Bucketed data: batches must still come from one bucket (cached latents differ in shape).
         self.buckets = getattr(dataset, "buckets", None)
@@ -311,6 +326,8 @@ class CachedLatents(Dataset):
             prompt, key = self.dataset.captions()[index], str(index)
         variants = self.paths[index]
         latents = load_file(variants[self.epoch % len(variants)])["latents"]
+        if self.posteriors:  # mean and std: the trainer draws this step's latent from them
+            return {"latents": latents[0], "latents_std": latents[1], "prompt": prompt, "key": key}
         return {"latents": latents, "prompt": prompt, "key": key}
 
     def captions(self) -> list[str]:

@@ -23,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from .. import config as config_schema
+from ..config import LatentSampling
 from ..errors import CheckpointError, ConfigError
 from ..models import resolve_and_validate
-from ..models.common import TruncatedPrompts, mixed_precision_dtype
+from ..models.common import TruncatedPrompts, mixed_precision_dtype, sample_posterior
 from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import (
     DamagedCheckpoint,
@@ -216,6 +217,7 @@ class StepSettings:
     log_every: int
     checkpoint_every: int
     validate_every: int
+    latent_sampling: LatentSampling
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> StepSettings:
@@ -224,7 +226,8 @@ class StepSettings:
                    max_grad_norm=float(train.max_grad_norm) if train.max_grad_norm > 0 else math.inf,
                    accumulation=int(cfg.gpu.gradient_accumulation_steps), max_steps=int(train.max_steps),
                    log_every=int(train.log_every), checkpoint_every=int(train.checkpoint_every or 0),
-                   validate_every=int(train.validate_every or 0))
+                   validate_every=int(train.validate_every or 0),
+                   latent_sampling=LatentSampling(config_schema.enum_value(cfg.model.latent_sampling)))
 
 
 class Trainer:
@@ -255,7 +258,8 @@ class Trainer:
         if self.lock is None and int(os.environ.get("RANK", "0")) == 0:  # the ranks share rank 0's dir
             self.lock = self._own_lock = RunDirLock(self.run_dir).acquire()
         # Locate the checkpoint and check geometry from JSON configs before any weights load.
-        model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir)
+        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+        model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir, mixed)
         validate_buckets(cfg, model_cls, roots)
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
         mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
@@ -325,7 +329,8 @@ class Trainer:
 
         root = Path(self.cfg.paths.cache_dir) / "latent_cache"
         dataset_cfg = OmegaConf.to_container(self.cfg.dataset, resolve=True)
-        self.cache = LatentCache(root, self.model, dataset_cfg)
+        self.cache = LatentCache(root, self.model, dataset_cfg,
+                                 posteriors=self.settings.latent_sampling == LatentSampling.sample)
         if self.is_main:
             self.cache.build(self.dataset, cached_prompts(self.dataset), device=self.accelerator.device)
         self.accelerator.wait_for_everyone()
@@ -462,11 +467,17 @@ class Trainer:
         prompts = apply_caption_dropout(batch["prompt"], settings.caption_dropout, generators)
         with torch.no_grad():
             if "latents" in batch:  # from the latent cache: nothing to encode
-                latents = batch["latents"].to(device=device, dtype=self.weight_dtype)
+                latents = batch["latents"]
+                if "latents_std" in batch:
+                    latents = sample_posterior(latents.to(device), batch["latents_std"].to(device), generators)
                 embeds = self.cache.embeds(prompts).to(device=device, dtype=self.weight_dtype)
             else:
-                latents = self.model.encode_videos(batch["video"]).to(device=device, dtype=self.weight_dtype)
+                if settings.latent_sampling == LatentSampling.sample:
+                    latents = sample_posterior(*self.model.encode_video_posteriors(batch["video"]), generators)
+                else:
+                    latents = self.model.encode_videos(batch["video"])
                 embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
+            latents = latents.to(device=device, dtype=self.weight_dtype)
         rng_seed = dropout_seed(settings.seed, self.state.step, micro, self.accelerator.process_index)
         with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast(), \
                 seeded_global_rng(rng_seed, device):

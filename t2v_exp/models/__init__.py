@@ -12,12 +12,17 @@ def model_class(model_cfg):
     return get_class(model_cfg._target_)
 
 
-def resolve_and_validate(model_cfg, cache_dir: str | None):
-    """Locate the checkpoint and check geometry from its JSON configs only (no weights loaded)."""
+def resolve_and_validate(model_cfg, cache_dir: str | None, mixed_precision: str | None = None):
+    """Locate the checkpoint and check geometry from its JSON configs only (no weights loaded);
+    with ``mixed_precision`` (no | fp16 | bf16), also whether the checkpoint can run in it (a family's
+    optional ``check_precision``)."""
     cls = model_class(model_cfg)
     check_export_formats(model_cfg, cls)
     roots = cls.resolve(model_cfg, cache_dir)
     cls.validate(model_cfg, roots)
+    check_precision = getattr(cls, "check_precision", None)
+    if mixed_precision is not None and check_precision is not None:
+        check_precision(model_cfg, roots, mixed_precision)
     return cls, roots
 
 

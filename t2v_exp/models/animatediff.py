@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
 from . import comfyui, common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
-from .objectives import DDPMObjective
+from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
 log = logging.getLogger(__name__)
 SD_SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -108,7 +108,7 @@ COMFYUI_NAMES = tuple(
 
 
 @dataclass
-class Config(ModelConfig):
+class Config(ModelConfig, DDPMSettings):
     """model.* for animatediff: the shared model schema plus the motion adapter."""
 
     family: str = FAMILY
@@ -123,17 +123,18 @@ class AnimateDiffModel:
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> tuple[str, str]:
-        base = common.checkpoint_dir(cfg.pretrained, cache_dir, what="AnimateDiff base (SD1.5)",
-                                     allow_patterns=SD_SUBFOLDERS, tiny_builders=TINY_BUILDERS)
-        if not cfg.motion_adapter:
-            raise ConfigError("model.motion_adapter is required for AnimateDiff, e.g. "
-                              "guoyww/animatediff-motion-adapter-v1-5-2")
-        adapter = common.checkpoint_dir(cfg.motion_adapter, cache_dir, what="AnimateDiff motion adapter",
-                                        tiny_builders=TINY_BUILDERS)
+        base, adapter = common.resolve_all(cfg, [
+            lambda: common.checkpoint_dir(cfg.pretrained, cache_dir, what="AnimateDiff base (SD1.5)",
+                                          allow_patterns=SD_SUBFOLDERS, tiny_builders=TINY_BUILDERS),
+            lambda: common.checkpoint_dir(cfg.motion_adapter, cache_dir, key="model.motion_adapter",
+                                          what="AnimateDiff motion adapter, e.g. guoyww/animatediff-motion-adapter-v1-5-2",
+                                          tiny_builders=TINY_BUILDERS),
+        ])
         return base, adapter
 
     @staticmethod
     def validate(cfg, roots: tuple[str, str]) -> None:
+        validate_ddpm_settings(cfg)
         base, adapter = roots
         multiple = common.spatial_multiple(base, "unet")
         why = "VAE downsampling x UNet downsampling"
@@ -166,7 +167,7 @@ class AnimateDiffModel:
         del unet2d, adapter
         sd_scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
         self.train_scheduler, self.scheduler = motion_schedulers(sd_scheduler.config)
-        self.objective = DDPMObjective(self.train_scheduler)
+        self.objective = DDPMObjective.from_config(self.train_scheduler, cfg)
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -195,7 +196,11 @@ class AnimateDiffModel:
 
     @torch.no_grad()
     def encode_videos(self, videos):
-        return common.encode_frames_with_image_vae(self.vae, videos)
+        return self.encode_video_posteriors(videos)[0]
+
+    @torch.no_grad()
+    def encode_video_posteriors(self, videos):
+        return common.image_vae_posteriors(self.vae, videos)
 
     def training_loss(self, latents, prompt_embeds, generators):
         draw = self.objective.draw(latents, generators)

@@ -14,7 +14,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
 from . import common, tiny
 from .lora import add_lora, lora_settings
-from .objectives import DDPMObjective
+from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -122,10 +122,14 @@ BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's ow
 
 
 @dataclass
-class Config(ModelConfig):
+class Config(ModelConfig, DDPMSettings):
     """model.* for cogvideox: the shared model schema."""
 
     family: str = FAMILY
+
+
+# The 5B-class transformers (CogVideoX-5B, CogVideoX1.5-5B) have 48 heads of 64; the 2B has 30.
+BF16_ONLY_HEADS = 48
 
 
 class CogVideoXModel:
@@ -135,11 +139,27 @@ class CogVideoXModel:
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS,
-                                     tiny_builders=TINY_BUILDERS, tiny_version=TINY_VERSION)
+        (root,) = common.resolve_all(cfg, [lambda: common.checkpoint_dir(
+            cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS, tiny_builders=TINY_BUILDERS,
+            tiny_version=TINY_VERSION)])
+        return root
+
+    @staticmethod
+    def check_precision(cfg, root: str, mixed_precision: str) -> None:
+        """CogVideoX-5B and 1.5-5B were trained in bf16 and overflow in fp16 (THUDM recommends fp16
+        only for the 2B); told apart from the 2B by their transformer's width, not by a name."""
+        if mixed_precision != "fp16":
+            return
+        heads = int(json.loads((Path(root) / "transformer" / "config.json").read_text())["num_attention_heads"])
+        if heads >= BF16_ONLY_HEADS:
+            raise ConfigError(
+                f"model.pretrained={cfg.pretrained} has the CogVideoX-5B transformer ({heads} attention heads), "
+                f"whose bf16 weights overflow in fp16: use precision=bf16 (or precision=fp32); fp16 suits "
+                f"the 2B (model=cogvideox)")
 
     @staticmethod
     def validate(cfg, root: str) -> None:
+        validate_ddpm_settings(cfg)
         vae_cfg = json.loads((Path(root) / "vae" / "config.json").read_text())
         t = int(vae_cfg.get("temporal_compression_ratio", 4))
         if cfg.num_frames < 1 or (cfg.num_frames - 1) % t:
@@ -166,7 +186,7 @@ class CogVideoXModel:
         # The published scheduler (v-prediction, zero-terminal-SNR, SNR shift) is also the
         # training noise schedule, as in the reference fine-tuning code.
         self.scheduler = CogVideoXDDIMScheduler.from_pretrained(root, subfolder="scheduler")
-        self.objective = DDPMObjective(self.scheduler)  # v-prediction, per the published scheduler
+        self.objective = DDPMObjective.from_config(self.scheduler, cfg)  # v-prediction, per the published scheduler
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -198,11 +218,16 @@ class CogVideoXModel:
 
     @torch.no_grad()
     def encode_videos(self, videos):
+        return self.encode_video_posteriors(videos)[0]
+
+    @torch.no_grad()
+    def encode_video_posteriors(self, videos):
         # VAE wants [B, C, F, H, W]; the transformer wants [B, F, C, H, W].
         weight = common.first_parameter(self.vae)
         pixels = videos.permute(0, 2, 1, 3, 4).to(device=weight.device, dtype=weight.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode() * self.vae.config.scaling_factor
-        return latents.permute(0, 2, 1, 3, 4).contiguous()
+        scaling = self.vae.config.scaling_factor
+        return common.posterior_in_model_space(self.vae.encode(pixels).latent_dist,
+                                               lambda z: (z * scaling).permute(0, 2, 1, 3, 4).contiguous())
 
     def rotary_embeddings(self, latents: torch.Tensor):
         """Only the 5B (and 1.5) models use rotary position embeddings; the 2B does not."""

@@ -30,22 +30,24 @@ def download_command() -> str:
     return "hf download" if major >= 1 else "huggingface-cli download"
 
 
-def resolve_pretrained(name_or_path: str, *, what: str, allow_patterns: list[str] | None = None) -> str:
-    """Return a local directory for a hub id or local path, or raise one actionable error.
+def resolve_pretrained(name_or_path: str | None, *, what: str, key: str = "model.pretrained",
+                       allow_patterns: list[str] | None = None) -> str:
+    """Return a local directory for a hub id or local path, or raise one actionable error naming
+    ``key``, the config key that holds it.
 
     Called before any weights are built, so a missing checkpoint fails in seconds, not after
     the text encoder has been loaded.
     """
     if not name_or_path:
-        raise CheckpointNotAvailableError(f"No checkpoint given for {what}: set model.pretrained.")
+        raise CheckpointNotAvailableError(f"{key} is not set ({what}): give a hub id or a local directory.")
     path = Path(os.path.expanduser(name_or_path))
     if path.is_dir():
         return str(path)
     looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1
     if looks_local:
         raise CheckpointNotAvailableError(
-            f"{what}: local checkpoint directory '{name_or_path}' does not exist. "
-            f"Point model.pretrained at a directory in diffusers layout (model_index.json + subfolders)."
+            f"{key}={name_or_path} ({what}): this local directory does not exist. "
+            f"Point {key} at a directory in diffusers layout."
         )
     from huggingface_hub import snapshot_download
 
@@ -56,13 +58,37 @@ def resolve_pretrained(name_or_path: str, *, what: str, allow_patterns: list[str
     try:
         return snapshot_download(name_or_path, allow_patterns=allow_patterns)
     except Exception as exc:  # noqa: BLE001 - network errors come in many types; one message for all
+        local = f"/path/to/{name_or_path.split('/')[-1]}"
         raise CheckpointNotAvailableError(
-            f"{what}: cannot load '{name_or_path}': it is not a local directory, not in the Hugging Face "
-            f"cache, and the hub could not be reached ({type(exc).__name__}). On a machine with network run\n"
-            f"    {download_command()} {name_or_path} --local-dir /path/to/{name_or_path.split('/')[-1]}\n"
-            f"copy that directory here and set model.pretrained=/path/to/{name_or_path.split('/')[-1]}. "
-            f"For an offline try-out use a tiny twin instead, e.g. model=cogvideox_tiny."
+            f"{key}={name_or_path} ({what}): not a local directory, not in the Hugging Face cache, and the "
+            f"hub could not be reached ({type(exc).__name__}). On a machine with network run\n"
+            f"    {download_command()} {name_or_path} --local-dir {local}\n"
+            f"copy that directory here and set {key}={local}."
         ) from exc
+
+
+def what_is_missing(missing: int, components: int) -> str:
+    return "the checkpoint is not available" if components == 1 else \
+        f"{missing} of {components} checkpoint components are not available"
+
+
+def resolve_all(model_cfg, resolvers: list) -> list[str]:
+    """Each resolver's directory (``resolvers``: one call per checkpoint component). When any is
+    missing, one error lists every missing component, each with its key and download command, and
+    names the family's tiny twin for an offline try-out: a user fixes them all in one go."""
+    found, missing = [], []
+    for resolver in resolvers:
+        try:
+            found.append(resolver())
+        except CheckpointNotAvailableError as exc:
+            missing.append(str(exc))
+    if not missing:
+        return found
+    listed = "\n".join(f"  {i}. " + text.replace("\n", "\n     ") for i, text in enumerate(missing, 1))
+    raise CheckpointNotAvailableError(
+        f"{model_cfg.name}: {what_is_missing(len(missing), len(resolvers))}:\n{listed}\n"
+        f"For an offline try-out use the tiny twin instead: model={model_cfg.family}_tiny"
+    )
 
 
 def count_parameters(params: Iterable[nn.Parameter]) -> int:
@@ -155,18 +181,44 @@ def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Te
     return text_encoder(ids)[0]
 
 
-def encode_frames_with_image_vae(vae, videos: torch.Tensor) -> torch.Tensor:
-    """[B, F, C, H, W] pixels -> [B, C, F, h, w] scaled latents, one frame at a time through a 2-D VAE.
+LATENT_SAMPLINGS = ("mode", "sample")
 
-    Uses the posterior mean, not a sample: encoding is then deterministic, so latents computed
-    on the fly and latents read from a cache give the same loss.
+
+def posterior_in_model_space(posterior, to_model_space) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of a VAE posterior (diffusers' DiagonalGaussianDistribution) mapped into the
+    denoiser's latent space by ``to_model_space``.
+
+    Every family's map is affine per channel (a scale, a shift, a transpose), so a std maps as
+    ``f(mean + std) - f(mean)``; computed in float32, where a std of 1e-3 beside a mean of 10 survives.
+    The mean is the deterministic latent (``model.latent_sampling=mode``), exactly as before.
     """
+    mean = to_model_space(posterior.mean)
+    base = to_model_space(posterior.mean.float())
+    std = (to_model_space(posterior.mean.float() + posterior.std.float()) - base).abs()
+    return mean, std.to(mean.dtype)
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """``model.latent_sampling=sample``: mean + std * noise, sample i's noise from ``generators[i]``
+    (drawn before the objective's timestep and noise, so cached and on-the-fly runs draw alike)."""
+    from .objectives import sample_noise
+
+    return mean + std * sample_noise(mean, generators)
+
+
+def image_vae_posteriors(vae, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, F, C, H, W] pixels -> (mean, std) of [B, C, F, h, w] scaled latents, one frame at a time
+    through a 2-D VAE."""
     b, f = videos.shape[:2]
     weight = first_parameter(vae)
     pixels = frames_to_pixels(videos).to(device=weight.device, dtype=weight.dtype)
-    latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
-    c, h, w = latents.shape[1:]
-    return latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+
+    def to_model_space(latents):
+        c, h, w = latents.shape[1:]
+        latents = latents * vae.config.scaling_factor
+        return latents.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4).contiguous()
+
+    return posterior_in_model_space(vae.encode(pixels).latent_dist, to_model_space)
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -217,8 +269,8 @@ def spatial_multiple(pretrained_dir: str, denoiser_subfolder: str, vae_subfolder
 TINY_PREFIX = "tiny:"
 
 
-def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_patterns: list[str] | None = None,
-                   tiny_builders: dict | None = None, tiny_version: str = "") -> str:
+def checkpoint_dir(spec: str | None, cache_dir: str | None, *, what: str, allow_patterns: list[str] | None = None,
+                   tiny_builders: dict | None = None, tiny_version: str = "", key: str = "model.pretrained") -> str:
     """``tiny:<name>`` builds/loads a local random twin; anything else is a hub id or directory.
 
     A family passes its own twin builders (``{"wan": build_tiny}``), so the tiny-twin cache never
@@ -233,7 +285,7 @@ def checkpoint_dir(spec: str, cache_dir: str | None, *, what: str, allow_pattern
         if builder is not None and pretrained:
             return pretrained_twin(name, cache_dir, builder=builder, version=tiny_version)
         return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version if builder else "")
-    return resolve_pretrained(spec, what=what, allow_patterns=allow_patterns)
+    return resolve_pretrained(spec, what=what, key=key, allow_patterns=allow_patterns)
 
 
 # -- protocol methods that every family implements the same way ------------------------------

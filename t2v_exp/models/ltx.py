@@ -313,7 +313,8 @@ class LTXModel:
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return resolve_checkpoint(cfg.pretrained, cache_dir)
+        (root,) = common.resolve_all(cfg, [lambda: resolve_checkpoint(cfg.pretrained, cache_dir)])
+        return root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -379,15 +380,17 @@ class LTXModel:
         embeds = self.text_encoder(tokens.input_ids.to(device))[0]
         return embeds * tokens.attention_mask.to(device=device, dtype=embeds.dtype).unsqueeze(-1)
 
-    @torch.no_grad()
     def encode_videos(self, videos):
-        """[B, F, C, H, W] pixels in [-1, 1] -> normalised latents [B, C, F', H', W'].
+        return self.encode_video_posteriors(videos)[0]
 
-        The posterior mean, not a sample: encoding is then deterministic, so latents computed on the
-        fly and latents read from the cache give the same loss (the references sample it)."""
+    @torch.no_grad()
+    def encode_video_posteriors(self, videos):
+        """[B, F, C, H, W] pixels in [-1, 1] -> (mean, std) of the normalised latents [B, C, F', H', W']
+        (model.latent_sampling=mode trains on the mean; =sample draws, as the references do)."""
         weight = common.first_parameter(self.vae)
         pixels = videos.permute(0, 2, 1, 3, 4).to(device=weight.device, dtype=weight.dtype)
-        return normalize_latents(self.vae.encode(pixels).latent_dist.mode(), self.vae)
+        return common.posterior_in_model_space(self.vae.encode(pixels).latent_dist,
+                                               lambda z: normalize_latents(z, self.vae))
 
     def training_loss(self, latents, prompt_embeds, generators):
         _, _, frames, height, width = latents.shape

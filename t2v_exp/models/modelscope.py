@@ -12,7 +12,7 @@ from ..config import ModelConfig
 from ..errors import require_multiple
 from . import common, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
-from .objectives import DDPMObjective
+from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -99,7 +99,7 @@ BASE_LICENSE = "cc-by-nc-4.0"  # the model card's license when the checkpoint's 
 
 
 @dataclass
-class Config(ModelConfig):
+class Config(ModelConfig, DDPMSettings):
     """model.* for modelscope: the shared model schema."""
 
     family: str = FAMILY
@@ -112,11 +112,13 @@ class ModelScopeModel:
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return common.checkpoint_dir(cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS,
-                                     tiny_builders=TINY_BUILDERS)
+        (root,) = common.resolve_all(cfg, [lambda: common.checkpoint_dir(
+            cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS, tiny_builders=TINY_BUILDERS)])
+        return root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
+        validate_ddpm_settings(cfg)
         multiple = common.spatial_multiple(root, "unet")
         why = "VAE downsampling x UNet downsampling"
         require_multiple("model.height", cfg.height, multiple, why)
@@ -136,7 +138,7 @@ class ModelScopeModel:
         self.scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler")
         # Same betas and prediction type as the published scheduler; DDPM adds noise identically.
         self.train_scheduler = DDPMScheduler.from_config(self.scheduler.config)
-        self.objective = DDPMObjective(self.train_scheduler)  # epsilon, per the published scheduler
+        self.objective = DDPMObjective.from_config(self.train_scheduler, cfg)  # epsilon, per the published scheduler
         common.freeze(self.text_encoder, self.vae, self.denoiser)
         self.lora = lora_settings(cfg.lora) if cfg.finetune == "lora" else None
         if self.lora:
@@ -165,7 +167,11 @@ class ModelScopeModel:
 
     @torch.no_grad()
     def encode_videos(self, videos):
-        return common.encode_frames_with_image_vae(self.vae, videos)
+        return self.encode_video_posteriors(videos)[0]
+
+    @torch.no_grad()
+    def encode_video_posteriors(self, videos):
+        return common.image_vae_posteriors(self.vae, videos)
 
     def training_loss(self, latents, prompt_embeds, generators):
         draw = self.objective.draw(latents, generators)

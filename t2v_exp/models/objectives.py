@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
+
 FLOW_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 FLOW_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -65,8 +67,32 @@ def weighted_loss(prediction: torch.Tensor, draw: Draw) -> torch.Tensor:
     return (errors * draw.weights.to(errors.device)).mean()
 
 
+@dataclass
+class DDPMSettings:
+    """``model.*`` keys of the families trained with :class:`DDPMObjective` (a family's Config lists
+    this dataclass among its bases)."""
+
+    offset_noise: float = 0.0  # model.offset_noise=0.1 (ExponentialML's value): lets brightness shift
+    min_snr_gamma: float | None = None  # model.min_snr_gamma=5 (Hang et al.'s value): min-SNR weighting
+
+
+def validate_ddpm_settings(cfg) -> None:
+    offset, gamma = cfg.offset_noise, cfg.min_snr_gamma
+    if not (math.isfinite(offset) and offset >= 0):
+        raise ConfigError(f"model.offset_noise={offset} must be a finite number >= 0, e.g. model.offset_noise=0.1")
+    if gamma is not None and not (math.isfinite(gamma) and gamma > 0):
+        raise ConfigError(f"model.min_snr_gamma={gamma} must be a finite number > 0 (or null: plain MSE), "
+                          f"e.g. model.min_snr_gamma=5")
+
+
 class DDPMObjective:
     """Epsilon or v-prediction under a discrete diffusers scheduler (its betas are the schedule)."""
+
+    @classmethod
+    def from_config(cls, scheduler, cfg) -> DDPMObjective:
+        """The objective with the family config's :class:`DDPMSettings`."""
+        return cls(scheduler, offset_noise=float(cfg.offset_noise),
+                   min_snr_gamma=None if cfg.min_snr_gamma is None else float(cfg.min_snr_gamma))
 
     def __init__(self, scheduler, *, offset_noise: float = 0.0, min_snr_gamma: float | None = None):
         self.scheduler = scheduler

@@ -9,6 +9,8 @@ objective, pipeline, what is trainable, geometry rules) lives behind this protoc
 Construction is two-phase so a bad config fails before any weights load:
 ``roots = cls.resolve(cfg, cache_dir)`` finds (or builds, for tiny twins) the checkpoint,
 ``cls.validate(cfg, roots)`` checks geometry from its JSON configs, then ``cls(cfg, roots)``.
+A family may add ``cls.check_precision(cfg, roots, mixed_precision)`` (also JSON only) to refuse a
+precision its checkpoint cannot run in (CogVideoX-5B in fp16).
 """
 
 from __future__ import annotations
@@ -63,7 +65,12 @@ class VideoModel(Protocol):
         """Text-encoder hidden states for the denoiser's cross-attention, ``[B, L, D]``."""
 
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
-        """Pixel videos ``[B, F, C, H, W]`` in [-1, 1] -> scaled latents in the family's layout."""
+        """Pixel videos ``[B, F, C, H, W]`` in [-1, 1] -> scaled latents in the family's layout
+        (the VAE posterior's mean)."""
+
+    def encode_video_posteriors(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same videos -> (mean, std) of the posterior in that latent space
+        (``model.latent_sampling=sample`` draws from them); mean == ``encode_videos``."""
 
     def training_loss(
         self, latents: torch.Tensor, prompt_embeds: torch.Tensor, generators: list[torch.Generator]

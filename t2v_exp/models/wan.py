@@ -351,16 +351,22 @@ def latent_statistics(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
-    """[B, F, C, H, W] pixels in [-1, 1] -> normalised latents [B, C, F', H', W'] (the transformer's layout).
-
-    The posterior mean, not a sample: encoding is deterministic, so latents computed on the fly and
-    latents read from the cache give the same loss (finetrainers samples the posterior)."""
+def encode_video_posteriors(vae, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, F, C, H, W] pixels in [-1, 1] -> (mean, std) of the normalised latents [B, C, F', H', W']
+    (the transformer's layout). model.latent_sampling=mode trains on the mean (deterministic: the
+    latent cache and on-the-fly encoding agree); =sample draws from it, as finetrainers does."""
     weight = common.first_parameter(vae)
     pixels = videos.permute(0, 2, 1, 3, 4).to(device=weight.device, dtype=weight.dtype)
-    latents = vae.encode(pixels).latent_dist.mode().float()
-    mean, std = latent_statistics(vae, latents)
-    return (latents - mean) / std  # the inverse of the pipeline's `latents / (1 / std) + mean`
+
+    def normalised(latents):
+        mean, std = latent_statistics(vae, latents)
+        return (latents.float() - mean) / std  # the inverse of the pipeline's `latents / (1 / std) + mean`
+
+    return common.posterior_in_model_space(vae.encode(pixels).latent_dist, normalised)
+
+
+def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
+    return encode_video_posteriors(vae, videos)[0]
 
 
 # -- the adapter --------------------------------------------------------------------------------
@@ -373,7 +379,8 @@ class WanModel:
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return resolve_checkpoint(cfg.pretrained, cache_dir)
+        (root,) = common.resolve_all(cfg, [lambda: resolve_checkpoint(cfg.pretrained, cache_dir)])
+        return root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -430,6 +437,9 @@ class WanModel:
 
     def encode_videos(self, videos):
         return encode_videos(self.vae, videos)
+
+    def encode_video_posteriors(self, videos):
+        return encode_video_posteriors(self.vae, videos)
 
     def training_loss(self, latents, prompt_embeds, generators):
         draw = self.objective.draw(latents, generators)

@@ -190,7 +190,8 @@ class Wan22Model(wan.WanModel):
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
-        return resolve_checkpoint(cfg.pretrained, cache_dir)
+        (root,) = common.resolve_all(cfg, [lambda: resolve_checkpoint(cfg.pretrained, cache_dir)])
+        return root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
