@@ -133,6 +133,7 @@ class GpuConfig:
     vae_slicing: bool = False
     vae_tiling: bool = False
     cpu_offload: bool = False  # keep the text encoder and VAE on the CPU between uses
+    memory_gb: float | None = None  # the card's memory (python -m t2v_exp.preflight gives a fits / does not fit verdict)
     num_workers: int = 0
     pin_memory: bool = False
 

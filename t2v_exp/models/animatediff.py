@@ -11,7 +11,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import comfyui, common, tiny
+from . import comfyui, common, published, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
@@ -87,6 +87,17 @@ def build_tiny_motion_adapter(out_dir: Path) -> None:
 
 
 TINY_BUILDERS = {"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_adapter}
+# SD1.5 (UNet 859,520,964 parameters, SD VAE, CLIP ViT-L/14 text) + guoyww/animatediff-motion-adapter-v1-5-2
+# (diffusers' MotionAdapter defaults are its config: 8 heads, 32 positions, a mid block).
+PUBLISHED_ARCHITECTURES = {
+    "animatediff": published.Architecture(
+        geometry=(4, 128, 128), twin="animatediff_tiny", source="stable-diffusion-v1-5 + guoyww/animatediff-motion-adapter-v1-5-2",
+        components={"model.pretrained": {"unet": published.Part("UNet2DConditionModel", dict(cross_attention_dim=768,
+                                                                                          sample_size=64)),
+                                         "vae": published.SD_VAE, "text_encoder": published.CLIP_L_ONE_LAYER},
+                    "model.motion_adapter": {"": published.Part("MotionAdapter")}},
+        published_parameters={"unet": 859_520_964}),
+}
 
 
 FAMILY = "animatediff"

@@ -12,7 +12,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common, tiny
+from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
@@ -116,6 +116,32 @@ def build_tiny_15(out_dir: Path) -> None:
 TINY_BUILDERS = {"cogvideox": build_tiny, "cogvideox15": build_tiny_15}
 TINY_VERSION = "2"  # 2: 32-token T5 tokenizer (every shapes caption whole), fitted 3-D VAE
 
+_5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+# THUDM's transformer/ and vae/ config.json; denoiser counts from the released safetensors sizes.
+PUBLISHED_ARCHITECTURES = {
+    "cogvideox": published.Architecture(
+        geometry=(9, 64, 64), temporal_compression=4, twin="cogvideox_tiny", source="THUDM/CogVideoX-2b (diffusers defaults are its config)",
+        components={"model.pretrained": {"transformer": published.Part("CogVideoXTransformer3DModel"),
+                                         "vae": published.Part("AutoencoderKLCogVideoX"),
+                                         "text_encoder": published.T5_XXL_ONE_LAYER}},
+        published_parameters={"transformer": 1_690_000_000}),
+    "cogvideox5b": published.Architecture(
+        geometry=(9, 64, 64), temporal_compression=4, twin="cogvideox15_tiny", source="THUDM/CogVideoX-5b",
+        components={"model.pretrained": {"transformer": published.Part("CogVideoXTransformer3DModel", _5B),
+                                         "vae": published.Part("AutoencoderKLCogVideoX", dict(scaling_factor=0.7)),
+                                         "text_encoder": published.T5_XXL_ONE_LAYER}},
+        published_parameters={"transformer": 5_570_000_000}),
+    "cogvideox15": published.Architecture(
+        geometry=(9, 64, 64), temporal_compression=4, twin="cogvideox15_tiny", source="THUDM/CogVideoX1.5-5B",
+        components={"model.pretrained": {
+            "transformer": published.Part("CogVideoXTransformer3DModel", dict(
+                _5B, patch_size_t=2, patch_bias=False, sample_frames=81, sample_height=300, sample_width=300,
+                max_text_seq_length=224)),
+            "vae": published.Part("AutoencoderKLCogVideoX", dict(scaling_factor=0.7, invert_scale_latents=True)),
+            "text_encoder": published.T5_XXL_ONE_LAYER}},
+        published_parameters={"transformer": 5_570_000_000}),
+}
+
 
 FAMILY = "cogvideox"
 BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
@@ -126,6 +152,8 @@ class Config(ModelConfig, DDPMSettings):
     """model.* for cogvideox: the shared model schema."""
 
     family: str = FAMILY
+    # dtype the weights are read in (models/common.py LOAD_DTYPES): the 5B's released weights are bf16
+    load_dtype: str = "float32"
 
 
 # The 5B-class transformers (CogVideoX-5B, CogVideoX1.5-5B) have 48 heads of 64; the 2B has 30.
@@ -160,6 +188,7 @@ class CogVideoXModel:
     @staticmethod
     def validate(cfg, root: str) -> None:
         validate_ddpm_settings(cfg)
+        common.validate_load_dtype(cfg)
         vae_cfg = json.loads((Path(root) / "vae" / "config.json").read_text())
         t = int(vae_cfg.get("temporal_compression_ratio", 4))
         if cfg.num_frames < 1 or (cfg.num_frames - 1) % t:
@@ -180,9 +209,10 @@ class CogVideoXModel:
         self.cfg = cfg
         self.root = root
         self.tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
-        self.text_encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder")
-        self.vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae")
-        self.denoiser = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer")
+        dtype = common.LOAD_DTYPES[cfg.load_dtype]
+        self.text_encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype)
+        self.vae = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        self.denoiser = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype)
         # The published scheduler (v-prediction, zero-terminal-SNR, SNR shift) is also the
         # training noise schedule, as in the reference fine-tuning code.
         self.scheduler = CogVideoXDDIMScheduler.from_pretrained(root, subfolder="scheduler")

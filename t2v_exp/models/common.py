@@ -182,6 +182,17 @@ def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Te
 
 
 LATENT_SAMPLINGS = ("mode", "sample")
+# model.load_dtype of the families that offer it: the dtype weights are read in (bfloat16 halves host RAM
+# of the big checkpoints); trainable weights become fp32 in place() whatever it says.
+LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def validate_load_dtype(cfg) -> None:
+    from ..errors import ConfigError
+
+    if cfg.load_dtype not in LOAD_DTYPES:
+        raise ConfigError(f"model.load_dtype={cfg.load_dtype} must be one of {', '.join(LOAD_DTYPES)}, "
+                          f"e.g. model.load_dtype=bfloat16")
 
 
 def posterior_in_model_space(posterior, to_model_space) -> tuple[torch.Tensor, torch.Tensor]:

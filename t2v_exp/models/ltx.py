@@ -39,7 +39,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common
+from . import common, published
 from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
@@ -268,6 +268,16 @@ def build_tiny(out_dir: Path) -> None:
 
 
 TINY_BUILDERS = {"ltx": build_tiny}
+# Lightricks/LTX-Video: diffusers' LTXVideoTransformer3DModel and AutoencoderKLLTXVideo defaults are its
+# config (28 layers of 32x64, 128 latent channels); T5-XXL text.
+PUBLISHED_ARCHITECTURES = {
+    "ltx": published.Architecture(
+        geometry=(9, 64, 64), temporal_compression=8, twin="ltx_tiny", source="Lightricks/LTX-Video",
+        components={"model.pretrained": {"transformer": published.Part("LTXVideoTransformer3DModel"),
+                                         "vae": published.Part("AutoencoderKLLTXVideo"),
+                                         "text_encoder": published.T5_XXL_ONE_LAYER}},
+        published_parameters={"transformer": 1_920_000_000}),
+}
 
 
 def resolve_checkpoint(pretrained: str, cache_dir: str | None) -> str:

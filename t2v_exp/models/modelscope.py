@@ -10,7 +10,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import require_multiple
-from . import common, tiny
+from . import common, published, tiny
 from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
@@ -92,6 +92,14 @@ def build_tiny(out_dir: Path) -> None:
 
 
 TINY_BUILDERS = {"modelscope": build_tiny}
+# ali-vilab/text-to-video-ms-1.7b: UNet3D (diffusers defaults are its config), SD VAE, OpenCLIP ViT-H text.
+PUBLISHED_ARCHITECTURES = {
+    "modelscope": published.Architecture(
+        geometry=(4, 128, 128), twin="modelscope_tiny", source="ali-vilab/text-to-video-ms-1.7b",
+        components={"model.pretrained": {"unet": published.Part("UNet3DConditionModel"), "vae": published.SD_VAE,
+                                         "text_encoder": published.OPEN_CLIP_H_ONE_LAYER}},
+        published_parameters={"unet": 1_410_000_000}),
+}
 
 
 FAMILY = "modelscope"

@@ -53,6 +53,14 @@ def tiny_builders() -> dict:
     return builders
 
 
+def published_architectures() -> dict:
+    """Every real preset's published architecture (models/published.py), by preset name."""
+    found = {}
+    for module in family_modules().values():
+        found.update(getattr(module, "PUBLISHED_ARCHITECTURES", {}))
+    return found
+
+
 def tiny_twin(name: str, cache_dir: str | None = None) -> str:
     """The directory of the tiny twin ``name`` (built on first use), for scripts and tests that
     want a twin by name rather than through a model config."""

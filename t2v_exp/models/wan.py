@@ -40,7 +40,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import comfyui, common
+from . import comfyui, common, published
 from .lora import add_lora, lora_settings, lora_state_dict
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
@@ -73,7 +73,7 @@ SUBFOLDERS = ["transformer/*", *PIPELINE_PARTS]
 PUBLISHED_SCHEDULER = dict(
     prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0,
 )
-LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOAD_DTYPES = common.LOAD_DTYPES
 
 
 @dataclass
@@ -143,9 +143,7 @@ def validate_settings(cfg) -> None:
         raise ConfigError(f"model.shift={cfg.shift} must be a finite number > 0, e.g. model.shift=1.0")
     if not 0 < cfg.logit_std < float("inf"):
         raise ConfigError(f"model.logit_std={cfg.logit_std} must be a finite number > 0, e.g. model.logit_std=1.0")
-    if cfg.load_dtype not in LOAD_DTYPES:
-        raise ConfigError(f"model.load_dtype={cfg.load_dtype} must be one of {', '.join(LOAD_DTYPES)}, "
-                          f"e.g. model.load_dtype=bfloat16")
+    common.validate_load_dtype(cfg)
 
 
 def validate_scheduler(root: str) -> None:
@@ -239,6 +237,17 @@ def build_tiny(out_dir: Path) -> None:
 
 
 TINY_BUILDERS = {"wan": build_tiny}
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers: 12 heads of 128, 30 layers, FFN 8960 (the class defaults are the 14B);
+# AutoencoderKLWan's defaults are the released VAE (with its latent statistics); UMT5-XXL text.
+PUBLISHED_ARCHITECTURES = {
+    "wan": published.Architecture(
+        geometry=(5, 64, 64), temporal_compression=4, twin="wan_tiny", source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        components={"model.pretrained": {
+            "transformer": published.Part("WanTransformer3DModel", dict(num_attention_heads=12, ffn_dim=8960,
+                                                                        num_layers=30)),
+            "vae": published.Part("AutoencoderKLWan"), "text_encoder": published.UMT5_XXL_ONE_LAYER}},
+        published_parameters={"transformer": 1_420_000_000}),
+}
 
 
 def resolve_checkpoint(pretrained: str, cache_dir: str | None, *, what: str = "Wan 2.1",
