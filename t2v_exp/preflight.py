@@ -238,7 +238,8 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     step = [*overrides, *(f"{key}={root}" for key, root in roots.items()),
             f"model.num_frames={frames}", f"model.height={height}", f"model.width={width}",
             "train.max_steps=1", "train.warmup_steps=0", "train.checkpoint_every=0", "train.evaluate_at_end=false",
-            "train.evaluate_base=false", "validation.num_videos=1", "validation.num_inference_steps=1",
+            # two sampling steps: LTX's stretched-to-terminal schedule divides by zero with one
+            "train.evaluate_base=false", "validation.num_videos=1", "validation.num_inference_steps=2",
             "dataset=shapes", "dataset.num_videos=2", "dataset.cache=none", "logger=none",
             "gpu.batch_size=1", "gpu.gradient_accumulation_steps=1", "gpu.num_workers=0"]
     if not cuda:
@@ -328,8 +329,10 @@ def reload_export(model, final_dir: Path) -> dict:
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
+    # diffusers and peft name them "unexpected keys" / "missing keys" (the note that a LoRA holds no
+    # text-encoder part, "No LoRA keys associated to CLIPTextModel found", is not a failure)
     complaints = [r.getMessage() for r in records
-                  if any(word in r.getMessage().lower() for word in ("unexpected", "missing", "not found"))]
+                  if any(word in r.getMessage().lower() for word in ("unexpected keys", "missing keys"))]
     if complaints:
         raise AssertionError(f"reloading {final_dir} through the stock pipeline: {complaints[0]}")
     lora = sum(p.numel() for component in pipe.components.values() if isinstance(component, torch.nn.Module)

@@ -310,7 +310,8 @@ class CogVideoXModel:
                 "max_sequence_length": self.max_text_tokens}
 
     def stock_pipeline(self, lora_dir: str | None = None):
-        return load_pipeline(self.root, lora_dir)
+        # in the dtype the weights were read in: a 5B read as bf16 is 11 GB, as fp32 22
+        return load_pipeline(self.root, lora_dir, torch_dtype=common.LOAD_DTYPES[self.cfg.load_dtype])
 
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
