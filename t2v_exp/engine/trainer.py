@@ -230,6 +230,16 @@ class StepSettings:
                    latent_sampling=LatentSampling(config_schema.enum_value(cfg.model.latent_sampling)))
 
 
+def refuse_with_text_encoder_lora(cfg: DictConfig, num_processes: int) -> None:
+    """What model.text_encoder_lora cannot be combined with (yet), before anything is encoded."""
+    if str(cfg.dataset.get("cache", "none")) == "latents":
+        raise ConfigError("model.text_encoder_lora=true trains the text encoder, so prompt embeddings cannot be "
+                          "cached: use dataset.cache=none (or model.text_encoder_lora=false)")
+    if num_processes > 1:
+        raise ConfigError("model.text_encoder_lora=true runs in one process only: the text encoder is not wrapped "
+                          "for gradient averaging across processes; drop it or train on one GPU")
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, lock: RunDirLock | None = None):
         """``lock``: the caller already holds ``run_dir``'s lock (the CLI takes it before writing
@@ -286,6 +296,9 @@ class Trainer:
         self.weight_dtype = mixed_precision_dtype(mixed)
         frozen_device = "cpu" if cfg.gpu.cpu_offload else None
         self.model.place(self.accelerator.device, self.weight_dtype, frozen_device)
+        self.trains_text_encoder = bool(getattr(self.model, "text_encoder_lora", None))
+        if self.trains_text_encoder:
+            refuse_with_text_encoder_lora(cfg, self.accelerator.num_processes)
         self.cache = None
         if str(cfg.dataset.get("cache", "none")) == "latents":
             self._use_latent_cache()
@@ -476,8 +489,11 @@ class Trainer:
                     latents = sample_posterior(*self.model.encode_video_posteriors(batch["video"]), generators)
                 else:
                     latents = self.model.encode_videos(batch["video"])
-                embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
+                if not self.trains_text_encoder:
+                    embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
             latents = latents.to(device=device, dtype=self.weight_dtype)
+        if self.trains_text_encoder:  # its LoRA learns: the prompts are encoded with autograd on
+            embeds = self.model.encode_prompts(prompts).to(device=device, dtype=self.weight_dtype)
         rng_seed = dropout_seed(settings.seed, self.state.step, micro, self.accelerator.process_index)
         with self.accelerator.accumulate(self.model.denoiser), self.accelerator.autocast(), \
                 seeded_global_rng(rng_seed, device):

@@ -12,7 +12,14 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
 from . import comfyui, common, published, tiny
-from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .lora import (
+    TextEncoderLoraSettings,
+    add_lora,
+    lora_metadata,
+    lora_settings,
+    lora_state_dict,
+    validate_text_encoder_lora,
+)
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
 log = logging.getLogger(__name__)
@@ -119,7 +126,7 @@ COMFYUI_NAMES = tuple(
 
 
 @dataclass
-class Config(ModelConfig, DDPMSettings):
+class Config(ModelConfig, DDPMSettings, TextEncoderLoraSettings):
     """model.* for animatediff: the shared model schema plus the motion adapter."""
 
     family: str = FAMILY
@@ -146,6 +153,7 @@ class AnimateDiffModel:
     @staticmethod
     def validate(cfg, roots: tuple[str, str]) -> None:
         validate_ddpm_settings(cfg)
+        validate_text_encoder_lora(cfg)
         base, adapter = roots
         multiple = common.spatial_multiple(base, "unet")
         why = "VAE downsampling x UNet downsampling"
@@ -187,10 +195,11 @@ class AnimateDiffModel:
                 comfyui.check_names(self.denoiser, COMFYUI_NAMES, "AnimateDiff's motion LoRA")
         else:
             self.denoiser.freeze_unet2d_params()  # leaves exactly the motion modules trainable
+        common.attach_text_encoder_lora(self, cfg)
         self.denoiser.train()
 
     def trainable_parameters(self):
-        return common.trainable_params(self.denoiser)
+        return common.adapter_trainable_parameters(self)
 
     def parameter_counts(self):
         return common.adapter_parameter_counts(self)
@@ -201,9 +210,9 @@ class AnimateDiffModel:
     def enable_memory_savers(self, **flags):
         common.adapter_enable_memory_savers(self, **flags)
 
-    @torch.no_grad()
     def encode_prompts(self, prompts):
-        return common.encode_clip_prompts(self.tokenizer, self.text_encoder, prompts)
+        return common.encode_clip_prompts(self.tokenizer, self.text_encoder, prompts,
+                                          trainable=self.text_encoder_lora is not None)
 
     @torch.no_grad()
     def encode_videos(self, videos):
@@ -256,7 +265,8 @@ class AnimateDiffModel:
         model = common.unwrap(self.denoiser)
         if self.lora:
             AnimateDiffPipeline.save_lora_weights(
-                out_dir, unet_lora_layers=lora_state_dict(model), unet_lora_adapter_metadata=lora_metadata(self.lora)
+                out_dir, unet_lora_layers=lora_state_dict(model), unet_lora_adapter_metadata=lora_metadata(self.lora),
+                **common.text_encoder_lora_export(self),
             )
             if "comfyui" in self.cfg.export_formats:  # for ComfyUI-AnimateDiff-Evolved's motion LoRA loader
                 comfyui.save_motion_lora(Path(out_dir) / comfyui.DIRECTORY / f"{self.cfg.name}_motion_lora.safetensors",

@@ -175,10 +175,12 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_length: int, **kwargs):
                      add_special_tokens=True, return_tensors="pt", **kwargs)
 
 
-def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str], *, trainable: bool = False) -> torch.Tensor:
+    """CLIP hidden states; with ``trainable`` (a text-encoder LoRA) autograd records them when enabled."""
     tokens = tokenize_prompts(tokenizer, prompts, tokenizer.model_max_length)
     ids = tokens.input_ids.to(first_parameter(text_encoder).device)
-    return text_encoder(ids)[0]
+    with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+        return text_encoder(ids)[0]
 
 
 LATENT_SAMPLINGS = ("mode", "sample")
@@ -260,6 +262,7 @@ def place_components(frozen: list[nn.Module], trainable: nn.Module, device, weig
             module.to(device=frozen_device, dtype=torch.float32)
         else:
             module.to(device=device, dtype=weight_dtype)
+        cast_trainable_to_fp32(module)  # a text encoder's LoRA (model.text_encoder_lora) trains too
     trainable.to(device=device, dtype=weight_dtype)
     cast_trainable_to_fp32(trainable)
 
@@ -307,7 +310,7 @@ def checkpoint_dir(spec: str | None, cache_dir: str | None, *, what: str, allow_
 def adapter_parameter_counts(model) -> dict[str, int]:
     modules = [model.text_encoder, model.vae, unwrap(model.denoiser)]
     total = count_parameters(p for m in modules for p in m.parameters())
-    return {"trainable": count_parameters(trainable_params(model.denoiser)), "total": total}
+    return {"trainable": count_parameters(adapter_trainable_parameters(model)), "total": total}
 
 
 def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_slicing: bool, vae_tiling: bool,
@@ -332,17 +335,56 @@ def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_sli
         model.vae.enable_tiling()
 
 
+TEXT_ENCODER_PREFIX = "text_encoder."  # the text encoder's LoRA keys in a trainable state dict
+
+
+def attach_text_encoder_lora(model, cfg) -> None:
+    """``model.text_encoder_lora=true`` (CLIP families): LoRA of the denoiser's rank and alpha on the
+    text encoder's attention; ``model.text_encoder_lora`` holds its settings (None when off)."""
+    from .lora import add_lora, text_encoder_lora_settings
+
+    model.text_encoder_lora = None
+    if getattr(cfg, "text_encoder_lora", False) and model.lora:
+        model.text_encoder_lora = text_encoder_lora_settings(model.lora)
+        add_lora(model.text_encoder, model.text_encoder_lora)
+
+
+def text_encoder_lora_export(model) -> dict:
+    """``save_lora_weights`` keywords for the text encoder's LoRA (none when it has none)."""
+    from .lora import lora_metadata, lora_state_dict
+
+    if not getattr(model, "text_encoder_lora", None):
+        return {}
+    return {"text_encoder_lora_layers": lora_state_dict(model.text_encoder),
+            "text_encoder_lora_adapter_metadata": lora_metadata(model.text_encoder_lora)}
+
+
+def adapter_trainable_parameters(model) -> list[nn.Parameter]:
+    extra = trainable_params(model.text_encoder) if getattr(model, "text_encoder_lora", None) else []
+    return trainable_params(model.denoiser) + extra
+
+
 def adapter_trainable_state_dict(model) -> dict[str, torch.Tensor]:
     from .lora import lora_state_dict
 
     denoiser = unwrap(model.denoiser)
-    return lora_state_dict(denoiser) if model.lora else full_state_dict(denoiser)
+    state = lora_state_dict(denoiser) if model.lora else full_state_dict(denoiser)
+    if getattr(model, "text_encoder_lora", None):
+        state.update({TEXT_ENCODER_PREFIX + k: v for k, v in lora_state_dict(model.text_encoder).items()})
+    return state
 
 
 def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]) -> None:
     from .lora import load_lora_state_dict
 
     denoiser = unwrap(model.denoiser)
+    text = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TEXT_ENCODER_PREFIX)}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
+    if bool(text) != bool(getattr(model, "text_encoder_lora", None)):
+        raise KeyError("the checkpoint's text-encoder LoRA does not match model.text_encoder_lora "
+                       f"({'present' if text else 'absent'} in the checkpoint)")
+    if text:
+        load_lora_state_dict(model.text_encoder, text)
     if model.lora:
         load_lora_state_dict(denoiser, state_dict)
     else:

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..config import LoraConfig
+
+# The attention projections of a CLIP text encoder (transformers' CLIPAttention), as ExponentialML's
+# and diffusers' text-encoder LoRA training target them.
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class TextEncoderLoraSettings:
+    """``model.*`` key of the CLIP families (ModelScope, AnimateDiff): LoRA on the text encoder too."""
+
+    text_encoder_lora: bool = False  # model.text_encoder_lora=true (same rank/alpha as model.lora)
+
+
+def text_encoder_lora_settings(denoiser_settings: LoraConfig) -> LoraConfig:
+    return replace(denoiser_settings, target_modules=list(TEXT_ENCODER_TARGETS), scope=None)
+
+
+def validate_text_encoder_lora(cfg) -> None:
+    from ..errors import ConfigError
+
+    if cfg.text_encoder_lora and str(getattr(cfg.finetune, "value", cfg.finetune)) != "lora":
+        raise ConfigError("model.text_encoder_lora=true adds LoRA beside the denoiser's: it needs model.finetune=lora")
 
 
 def lora_settings(node) -> LoraConfig:

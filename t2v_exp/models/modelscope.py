@@ -11,7 +11,14 @@ import torch
 from ..config import ModelConfig
 from ..errors import require_multiple
 from . import common, published, tiny
-from .lora import add_lora, lora_metadata, lora_settings, lora_state_dict
+from .lora import (
+    TextEncoderLoraSettings,
+    add_lora,
+    lora_metadata,
+    lora_settings,
+    lora_state_dict,
+    validate_text_encoder_lora,
+)
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +114,7 @@ BASE_LICENSE = "cc-by-nc-4.0"  # the model card's license when the checkpoint's 
 
 
 @dataclass
-class Config(ModelConfig, DDPMSettings):
+class Config(ModelConfig, DDPMSettings, TextEncoderLoraSettings):
     """model.* for modelscope: the shared model schema."""
 
     family: str = FAMILY
@@ -127,6 +134,7 @@ class ModelScopeModel:
     @staticmethod
     def validate(cfg, root: str) -> None:
         validate_ddpm_settings(cfg)
+        validate_text_encoder_lora(cfg)
         multiple = common.spatial_multiple(root, "unet")
         why = "VAE downsampling x UNet downsampling"
         require_multiple("model.height", cfg.height, multiple, why)
@@ -153,11 +161,12 @@ class ModelScopeModel:
             add_lora(self.denoiser, self.lora)
         else:
             self.denoiser.requires_grad_(True)
+        common.attach_text_encoder_lora(self, cfg)
         self.denoiser.train()
 
     # -- protocol -----------------------------------------------------------------------
     def trainable_parameters(self):
-        return common.trainable_params(self.denoiser)
+        return common.adapter_trainable_parameters(self)
 
     def parameter_counts(self):
         return common.adapter_parameter_counts(self)
@@ -169,9 +178,9 @@ class ModelScopeModel:
         # diffusers' UNet3DConditionModel has no gradient checkpointing: checkpoint its blocks ourselves.
         common.adapter_enable_memory_savers(self, **flags, checkpoint_classes=unet3d_checkpoint_classes())
 
-    @torch.no_grad()
     def encode_prompts(self, prompts):
-        return common.encode_clip_prompts(self.tokenizer, self.text_encoder, prompts)
+        return common.encode_clip_prompts(self.tokenizer, self.text_encoder, prompts,
+                                          trainable=self.text_encoder_lora is not None)
 
     @torch.no_grad()
     def encode_videos(self, videos):
@@ -214,7 +223,8 @@ class ModelScopeModel:
         unet = common.unwrap(self.denoiser)
         if self.lora:
             text_to_video_pipeline_class().save_lora_weights(
-                out_dir, unet_lora_layers=lora_state_dict(unet), unet_lora_adapter_metadata=lora_metadata(self.lora)
+                out_dir, unet_lora_layers=lora_state_dict(unet), unet_lora_adapter_metadata=lora_metadata(self.lora),
+                **common.text_encoder_lora_export(self),
             )
         else:
             unet.save_pretrained(Path(out_dir) / "unet", safe_serialization=True)
