@@ -250,6 +250,7 @@ class Trainer:
         self.grad_norm = float("nan")  # of the last applied update
         self.update_skipped = False
         self.nonfinite_in_a_row = 0
+        self.trains_text_encoder = False  # setup() sets it from the model (model.text_encoder_lora)
         self.lock = lock
         self._own_lock: RunDirLock | None = None
 
