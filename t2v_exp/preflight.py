@@ -215,7 +215,7 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     from .config import compose_job_config
     from .engine.trainer import run_training
     from .models import resolve_and_validate
-    from .models.registry import published_architectures, tiny_twin
+    from .models.registry import published_architectures
 
     cfg = compose_job_config(overrides, run_dir=tempfile.mkdtemp(prefix="preflight-compose-"))
     architectures = published_architectures()
@@ -227,10 +227,7 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     # The built checkpoint is kept for reruns (a 5B takes minutes to build): T2V_EXP_PREFLIGHT_DIR moves it.
     work_dir = work_dir or os.environ.get("T2V_EXP_PREFLIGHT_DIR") or Path(cfg.paths.cache_dir) / "preflight"
     work = Path(work_dir) / f"{name}-{architecture_digest(architecture)}"
-    twin_cfg = compose_job_config([f"model={architecture.twin}"], run_dir=work / "compose")
-    twins = {key: tiny_twin(str(twin_cfg.model[key.split(".", 1)[1]]).removeprefix("tiny:").split("@")[0],
-                            cfg.paths.cache_dir) for key in architecture.components}
-    roots = build_checkpoint(architecture, twins, work / "checkpoint")
+    roots = build_checkpoint(architecture, twin_directories(architecture, cfg.paths.cache_dir), work / "checkpoint")
 
     counts = count_parameters(architecture, roots)
     cuda = torch.cuda.is_available() and str(cfg.gpu.device) != "cpu"
@@ -284,6 +281,16 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     (work / "preflight.json").write_text(json.dumps(report, indent=2))
     report["report_path"] = str(work / "preflight.json")
     return report
+
+
+def twin_directories(architecture, cache_dir: str | None) -> dict[str, str]:
+    """{config key: directory} of the architecture's tiny twin (``tiny:<name>`` specs, built on first use)."""
+    from .config import compose_job_config
+    from .models.registry import tiny_twin
+
+    twin = compose_job_config([f"model={architecture.twin}"]).model
+    return {key: tiny_twin(str(twin[key.split(".", 1)[1]]).removeprefix("tiny:").split("@")[0], cache_dir)
+            for key in architecture.components}
 
 
 def count_parameters(architecture, roots: dict[str, str]) -> dict:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2v_exp.models.registry import published_architectures, tiny_twin
-from t2v_exp.preflight import GIB, OVERHEAD_GIB, count_parameters, memory_estimate
+from t2v_exp.models.registry import published_architectures
+from t2v_exp.preflight import GIB, OVERHEAD_GIB, count_parameters, memory_estimate, twin_directories
 
 from .conftest import CONF_DIR, REPO
 
@@ -30,13 +30,10 @@ def test_every_real_preset_that_fits_here_has_a_published_architecture():
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_published_denoisers_have_the_released_parameter_counts(name, compose_train):
+def test_published_denoisers_have_the_released_parameter_counts(name):
     """Built on the meta device from the facts; count_parameters raises when a count is off by > 0.5%."""
     architecture = ARCHITECTURES[name]
-    twin = compose_train([f"model={architecture.twin}"]).model
-    roots = {key: tiny_twin(str(twin[key.split(".", 1)[1]]).removeprefix("tiny:").split("@")[0])
-             for key in architecture.components}
-    counts = count_parameters(architecture, roots)
+    counts = count_parameters(architecture, twin_directories(architecture, None))
     assert counts["denoiser"] >= sum(architecture.published_parameters.values()) * 0.995
     assert counts["text_encoder"] > 1e8 and counts["vae"] > 1e7  # released sizes, not the twin's
 

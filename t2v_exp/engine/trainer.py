@@ -269,11 +269,10 @@ class Trainer:
         if self.lock is None and int(os.environ.get("RANK", "0")) == 0:  # the ranks share rank 0's dir
             self.lock = self._own_lock = RunDirLock(self.run_dir).acquire()
         # Locate the checkpoint and check geometry from JSON configs before any weights load.
-        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+        mixed = str(config_schema.enum_value(cfg.precision.mixed_precision))
         model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir, mixed)
         validate_buckets(cfg, model_cls, roots)
         device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
-        mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
         reset_single_process_accelerate_state()
         self.accelerator = Accelerator(
             mixed_precision=mixed, gradient_accumulation_steps=cfg.gpu.gradient_accumulation_steps,

@@ -183,7 +183,6 @@ def encode_clip_prompts(tokenizer, text_encoder, prompts: list[str], *, trainabl
         return text_encoder(ids)[0]
 
 
-LATENT_SAMPLINGS = ("mode", "sample")
 # model.load_dtype of the families that offer it: the dtype weights are read in (bfloat16 halves host RAM
 # of the big checkpoints); trainable weights become fp32 in place() whatever it says.
 LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

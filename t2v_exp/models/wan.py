@@ -73,7 +73,6 @@ SUBFOLDERS = ["transformer/*", *PIPELINE_PARTS]
 PUBLISHED_SCHEDULER = dict(
     prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0,
 )
-LOAD_DTYPES = common.LOAD_DTYPES
 
 
 @dataclass
@@ -403,7 +402,7 @@ class WanModel:
     def __init__(self, cfg, root: str):
         self.cfg = cfg
         self.root = root
-        dtype = LOAD_DTYPES[cfg.load_dtype]
+        dtype = common.LOAD_DTYPES[cfg.load_dtype]
         self.load_shared_parts(root, dtype)
         self.denoiser = load_transformer(root, "transformer", dtype)
         common.freeze(self.denoiser)

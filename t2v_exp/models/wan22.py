@@ -208,7 +208,7 @@ class Wan22Model(wan.WanModel):
     def __init__(self, cfg, root: str):
         self.cfg = cfg
         self.root = root
-        dtype = wan.LOAD_DTYPES[cfg.load_dtype]
+        dtype = common.LOAD_DTYPES[cfg.load_dtype]
         self.load_shared_parts(root, dtype)
         self.boundary_ratio = boundary_ratio(cfg, root)
         self.denoiser = WanExperts(*(wan.load_transformer(root, c, dtype) for c in EXPERTS.values()))
