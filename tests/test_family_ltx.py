@@ -244,3 +244,18 @@ def test_full_finetune_export_loads_through_load_pipeline(compose_train, tmp_pat
     ours = model.generate([PROMPTS[0]], num_inference_steps=2, guidance_scale=1.0,
                           generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours, theirs.float().clamp(0, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_one_sampling_step_is_refused_where_the_stretched_schedule_breaks():
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(**ltx.LTX_SCHEDULER)
+    # What LTXPipeline asks for with n steps: sigmas linspace(1, 1/n, n).
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0, 1), mu=1.0)
+    assert torch.isnan(scheduler.sigmas).any()  # one step: the stretch divides by zero
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.5, 2), mu=1.0)
+    assert torch.isfinite(scheduler.sigmas).all()
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        ltx.require_sampling_steps(1, scheduler.config)
+    ltx.require_sampling_steps(2, scheduler.config)

@@ -27,8 +27,10 @@ def test_every_experiment_composes(experiment, compose_train, tmp_path):
     cfg = compose_train([f"experiment={experiment}"], run_dir=tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     pretraining = experiment.startswith("pretrain_tiny_")  # a base from random init: nothing to compare
-    family = experiment.removeprefix("pretrain_tiny_").split("_")[0]
-    assert resolved["model"]["family"] == family
+    if pretraining:  # pretrain_tiny_<twin> trains model=<twin>_tiny
+        assert resolved["model"]["name"] == f"{experiment.removeprefix('pretrain_tiny_')}_tiny"
+    else:
+        assert resolved["model"]["family"] == experiment.split("_")[0]
     assert resolved["train"]["evaluate_at_end"] and resolved["train"]["evaluate_base"] != pretraining
     if pretraining:
         assert resolved["model"]["pretrained"].endswith("@random") and resolved["model"]["finetune"] == "full"

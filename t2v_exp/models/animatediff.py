@@ -132,6 +132,10 @@ class Config(ModelConfig, DDPMSettings, TextEncoderLoraSettings):
     family: str = FAMILY
     # The motion module checkpoint (hub id, local dir or tiny:motion_adapter) joined to the SD1.5 UNet.
     motion_adapter: str | None = None
+    # finetune=full only: train the SD1.5 UNet's spatial layers too, not just the motion modules. For
+    # pretraining a base from random weights (experiment=pretrain_tiny_animatediff); AnimateDiff's own
+    # recipe keeps the image model frozen. final/ then also holds the image UNet (final/unet/).
+    train_spatial_layers: bool = False
 
 
 class AnimateDiffModel:
@@ -154,6 +158,8 @@ class AnimateDiffModel:
     def validate(cfg, roots: tuple[str, str]) -> None:
         validate_ddpm_settings(cfg)
         validate_text_encoder_lora(cfg)
+        if cfg.train_spatial_layers and cfg.finetune != "full":
+            raise ConfigError("model.train_spatial_layers=true trains the whole UNet and needs model.finetune=full")
         base, adapter = roots
         multiple = common.spatial_multiple(base, "unet")
         why = "VAE downsampling x UNet downsampling"
@@ -193,6 +199,9 @@ class AnimateDiffModel:
             add_lora(self.denoiser, self.lora)
             if "comfyui" in cfg.export_formats:
                 comfyui.check_names(self.denoiser, COMFYUI_NAMES, "AnimateDiff's motion LoRA")
+        elif cfg.train_spatial_layers:
+            self.denoiser.requires_grad_(True)
+            self.trainable_scope = None  # the whole UNet: spatial layers and motion modules
         else:
             self.denoiser.freeze_unet2d_params()  # leaves exactly the motion modules trainable
         common.attach_text_encoder_lora(self, cfg)
@@ -273,3 +282,15 @@ class AnimateDiffModel:
                                          lora_state_dict(model), COMFYUI_NAMES, alpha=self.lora.alpha)
         else:  # a MotionAdapter checkpoint: MotionAdapter.from_pretrained(out_dir / "motion_adapter")
             model.save_motion_modules(str(Path(out_dir) / "motion_adapter"), safe_serialization=True)
+            if self.cfg.train_spatial_layers:  # and the image UNet: UNet2DConditionModel.from_pretrained(out_dir / "unet")
+                self.spatial_unet().save_pretrained(str(Path(out_dir) / "unet"), safe_serialization=True)
+
+    def spatial_unet(self):
+        """The UNetMotionModel's spatial layers as the SD1.5 UNet2DConditionModel they came from: the
+        motion model names them exactly as the 2-D UNet does, its motion modules are the adapter's."""
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(self.roots[0], subfolder="unet")
+        state = common.unwrap(self.denoiser).state_dict()
+        unet.load_state_dict({k: v for k, v in state.items() if "motion_modules" not in k})  # strict: all keys
+        return unet

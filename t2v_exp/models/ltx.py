@@ -39,7 +39,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import common, published
+from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 FAMILY = "ltx"
 BASE_LICENSE = "other"  # the model card's license when the checkpoint's own card does not say
 #: Bump when build_tiny changes so stale ltx twins in users' caches are rebuilt.
-TINY_VERSION = "2"  # 2: 32-token T5 tokenizer
+TINY_VERSION = "3"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 #: LTXPipeline.check_inputs rejects any height/width that is not a multiple of 32, whatever the VAE.
 PIPELINE_SPATIAL_MULTIPLE = 32
@@ -219,6 +219,15 @@ def tiny_text_encoder(vocab_size: int):
     ))
 
 
+def require_sampling_steps(steps: int, scheduler_config) -> None:
+    # A schedule stretched to end at shift_terminal divides by (1 - its last sigma): with one step that
+    # sigma is the first, 1, and diffusers divides by zero.
+    if steps < 2 and scheduler_config.get("shift_terminal"):
+        raise ConfigError(f"num_inference_steps={steps}: LTX-Video's schedule (stretched to shift_terminal="
+                          f"{scheduler_config['shift_terminal']}) needs at least 2 steps; e.g. model.num_inference_steps=4 "
+                          f"(validation/evaluation.num_inference_steps follow it)")
+
+
 def tiny_vae():
     """0.9.1-like (timestep-conditioned decoder), 8x time like the real VAE, 8x space; no decoder noise
     injection, which draws from the global RNG and would make generate() irreproducible."""
@@ -235,14 +244,41 @@ def tiny_vae():
 
 
 @torch.no_grad()
-def fit_latent_statistics(vae, generator: torch.Generator) -> None:
-    """Set latents_mean/std to the per-channel statistics of the twin's own latents of smooth random
-    clips, as the real VAE ships those of its training data: normalised latents are then ~unit scale."""
-    coarse = torch.rand(4, 3, 3, 4, 4, generator=generator) * 2 - 1
-    clips = torch.nn.functional.interpolate(coarse, size=(9, 32, 32), mode="trilinear", align_corners=False)
-    latents = vae.encode(clips).latent_dist.mode()
+def fit_latent_statistics(vae) -> None:
+    """Set latents_mean/std to the per-channel statistics of the twin's own latents of shapes clips, as
+    the real VAE ships those of its training data: normalised latents are then ~unit scale."""
+    from .tiny_vae import shapes_clips
+
+    latents = vae.encode(shapes_clips(num_videos=8)).latent_dist.mode()
     vae.latents_mean.copy_(latents.mean(dim=(0, 2, 3, 4)))
     vae.latents_std.copy_(latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3))
+
+
+def _decode_at_timestep_zero(vae, latents: torch.Tensor) -> torch.Tensor:
+    # The timestep-conditioned decoder at model.decode_timestep's default (0: a clean latent).
+    return vae.decode(latents, torch.zeros(latents.shape[0]), return_dict=False)[0]
+
+
+def _fit_to_shape_clips(vae) -> dict:
+    from .tiny_vae import fit_video_vae, shapes_clips
+
+    figures = fit_video_vae(vae, shapes_clips(), decode=_decode_at_timestep_zero, scale_latents=False)
+    fit_latent_statistics(vae)
+    return figures
+
+
+# The twin's VAE fitted to shapes clips: a random one decodes noise.
+build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
+
+
+def fitted_tiny_vae():
+    """The fitted VAE, committed in t2v_exp/tiny_bases/ltx_vae (else fitted once per cache)."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    if tiny.building_from_bundle():
+        return tiny_vae()
+    return AutoencoderKLLTXVideo.from_pretrained(
+        tiny.shared_vae_dir("ltx_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
 
 
 def build_tiny(out_dir: Path) -> None:
@@ -254,8 +290,7 @@ def build_tiny(out_dir: Path) -> None:
     tokenizer = t5_tokenizer(out_dir)
     torch.manual_seed(0)
     text_encoder = tiny_text_encoder(len(tokenizer))
-    vae = tiny_vae()
-    fit_latent_statistics(vae, torch.Generator().manual_seed(0))
+    vae = fitted_tiny_vae()
     transformer = LTXVideoTransformer3DModel(
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
         cross_attention_dim=32, num_layers=2, caption_channels=TEXT_DIM,
@@ -329,6 +364,7 @@ class LTXModel:
     @staticmethod
     def validate(cfg, root: str) -> None:
         validate_settings(cfg)
+        require_sampling_steps(cfg.num_inference_steps, LTX_SCHEDULER)
         validate_geometry(cfg, checkpoint_geometry(root))
 
     def __init__(self, cfg, root: str):
@@ -447,6 +483,7 @@ class LTXModel:
         return kwargs
 
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
+        require_sampling_steps(num_inference_steps, self.scheduler.config)
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)
 

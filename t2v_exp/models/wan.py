@@ -40,7 +40,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, require_multiple
-from . import comfyui, common, published
+from . import comfyui, common, published, tiny
 from .lora import add_lora, lora_settings, lora_state_dict
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 FAMILY = "wan"
 BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 #: Bump when a builder here (or in wan22.py) changes so stale Wan twins in users' caches are rebuilt.
-TINY_VERSION = "2"  # 2: 32-token T5 tokenizer
+TINY_VERSION = "3"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips
 EXPORT_FORMATS = ("diffusers", "comfyui")
 #: diffusers module name -> the original Wan checkpoint's, which ComfyUI's LoRA loader (and diffusers'
 #: own reader of such files) expects; the inverse of diffusers' convert_wan_to_diffusers renaming.
@@ -211,6 +211,28 @@ def fit_latent_statistics(vae) -> None:
                            latents_std=latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3).tolist())
 
 
+def _fit_to_shape_clips(vae) -> dict:
+    from .tiny_vae import fit_video_vae, shapes_clips
+
+    figures = fit_video_vae(vae, shapes_clips(), scale_latents=False)  # Wan normalises per channel
+    fit_latent_statistics(vae)
+    return figures
+
+
+# The twins' VAE fitted to shapes clips (shared by Wan 2.1 and 2.2): a random one decodes noise.
+build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
+
+
+def fitted_tiny_vae():
+    """The fitted VAE, committed in t2v_exp/tiny_bases/wan_vae (else fitted once per cache)."""
+    from diffusers import AutoencoderKLWan
+
+    if tiny.building_from_bundle():
+        return tiny_vae()
+    return AutoencoderKLWan.from_pretrained(
+        tiny.shared_vae_dir("wan_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
+
+
 def tiny_pipeline_parts(out_dir: Path) -> dict:
     """Tokenizer, text encoder, VAE and the published scheduler: what Wan 2.1 and 2.2 twins share."""
     from diffusers import UniPCMultistepScheduler
@@ -220,8 +242,7 @@ def tiny_pipeline_parts(out_dir: Path) -> dict:
     tokenizer = t5_tokenizer(out_dir)
     torch.manual_seed(0)
     text_encoder = tiny_text_encoder(len(tokenizer))
-    vae = tiny_vae()
-    fit_latent_statistics(vae)
+    vae = fitted_tiny_vae()
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                 scheduler=UniPCMultistepScheduler(**PUBLISHED_SCHEDULER))
 

@@ -3,7 +3,8 @@
 A random twin generates noise whatever the prompt, so no comparison on it can show what fine-tuning
 changes. Each family's base was trained in full, through the normal engine, on the shapes data's
 domain A (``experiment=pretrain_tiny_<family>``); the weights of every component of the twin are
-committed here as ``<twin>/<component>.safetensors`` (float16) with ``<twin>/record.json`` (recipe,
+committed here as ``<twin>/<component>.safetensors`` (float16; ``<twin>/<twin>.safetensors`` holds
+weights at the twin's root) with ``<twin>/record.json`` (recipe,
 steps, wall time, machine, oracle scores with CIs, sha256 of each file).
 
 ``tiny:<twin>`` is the random twin with a bundle's weights written over it; ``tiny:<twin>@random``
@@ -44,6 +45,12 @@ def bundle_fingerprint(name: str) -> str:
     return record["bundle_sha256"][:16]
 
 
+def bundle_recipe(name: str) -> str:
+    import json
+
+    return json.loads((BUNDLE_ROOT / name / "record.json").read_text())["recipe"]
+
+
 def apply_bundle(twin_dir: Path, name: str) -> None:
     """Write bundle ``name``'s weights (and component configs) over the random twin in ``twin_dir``.
 
@@ -55,7 +62,9 @@ def apply_bundle(twin_dir: Path, name: str) -> None:
     from ..errors import ConfigError
 
     for component, path in bundle_files(name).items():
-        targets = sorted((twin_dir / component).glob("*.safetensors"))
+        # A component named like the twin is the twin's root (a MotionAdapter keeps its weights there).
+        target_dir = twin_dir if component == name else twin_dir / component
+        targets = sorted(target_dir.glob("*.safetensors"))
         if len(targets) != 1:
             raise ConfigError(f"tiny base '{name}': the twin has no single weights file in {component}/")
         current = load_file(targets[0])
@@ -66,11 +75,11 @@ def apply_bundle(twin_dir: Path, name: str) -> None:
             raise ConfigError(
                 f"tiny base '{name}' ({path}) does not fit the twin's {component} ({len(mismatched)} tensors differ, "
                 f"e.g. {mismatched[0]}): the architecture changed after the base was trained. Retrain it "
-                f"(experiment=pretrain_tiny_{name}, then python -m t2v_exp.tiny_bases record RUN_DIR) "
+                f"({bundle_recipe(name)}, then python -m t2v_exp.tiny_bases record RUN_DIR) "
                 f"or use model.pretrained=tiny:{name}{RANDOM_SUFFIX}")
         save_file({k: v.to(current[k].dtype) for k, v in committed.items()}, str(targets[0]),
                   metadata={"format": "pt"})
         config = path.with_suffix(".config.json")
         if config.is_file():  # e.g. the fitted VAE's scaling_factor
-            (twin_dir / component / "config.json").write_text(config.read_text())
+            (target_dir / "config.json").write_text(config.read_text())
         del current, committed

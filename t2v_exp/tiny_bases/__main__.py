@@ -15,14 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="commit a finished pretraining run as a tiny base")
     rec.add_argument("run_dir")
     vae = sub.add_parser("record-vae", help="fit a shared tiny VAE afresh and commit it")
-    vae.add_argument("name", help="image_vae | cogvideox_vae")
+    vae.add_argument("name", help="image_vae | cogvideox_vae | wan_vae | ltx_vae")
     sub.add_parser("list", help="the committed tiny bases and their oracle scores")
     args = parser.parse_args(argv)
     if args.command in ("record", "record-vae"):
         from .record import record, record_vae
 
-        out = record(args.run_dir) if args.command == "record" else record_vae(args.name)
-        print(f"Wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
+        written = record(args.run_dir) if args.command == "record" else [record_vae(args.name)]
+        for out in written:
+            print(f"Wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
         return 0
     for path in sorted(BUNDLE_ROOT.glob("*/record.json")):
         r = json.loads(path.read_text())

@@ -50,39 +50,58 @@ def oracle_scores(run_dir: Path) -> dict:
             "split": "validation (clips generated with a held-out seed)"}
 
 
-def twin_components(twin_root: Path) -> list[str]:
-    return sorted(p.parent.name for p in twin_root.glob("*/*.safetensors"))
+# model.* keys that name a checkpoint, in the order the family's resolve() returns their directories.
+CHECKPOINT_KEYS = ("pretrained", "motion_adapter")
 
 
-def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
-    """Write ``out_root/<twin>/`` from pretraining run ``run_dir``; returns that directory."""
+def twin_components(twin_root: Path, twin: str) -> list[str]:
+    """The twin's weight-holding subfolders; weights at its root (a MotionAdapter) are component ``twin``."""
+    components = {p.parent.name for p in twin_root.glob("*/*.safetensors")}
+    if any(twin_root.glob("*.safetensors")):
+        components.add(twin)
+    return sorted(components)
+
+
+def component_dir(root: Path, component: str, twin: str) -> Path:
+    return root if component == twin else root / component
+
+
+def pretrained_twins(cfg, run_dir: Path) -> dict[str, Path]:
+    """{twin: its random twin's directory} for every checkpoint the run started from (AnimateDiff: two)."""
     from hydra.utils import get_class
+
+    keys = [k for k in CHECKPOINT_KEYS if cfg.model.get(k) is not None]
+    roots = get_class(cfg.model._target_).resolve(cfg.model, cfg.paths.cache_dir)
+    roots = (roots,) if isinstance(roots, str) else tuple(roots)
+    twins = {}
+    for key, root in zip(keys, roots, strict=True):
+        spec = str(cfg.model[key])
+        if not (spec.startswith(TINY_PREFIX) and spec.endswith(RANDOM_SUFFIX)):
+            raise ConfigError(f"{run_dir} trained from model.{key}={spec}: a base is pretrained from "
+                              f"tiny:<twin>{RANDOM_SUFFIX}")
+        twins[spec[len(TINY_PREFIX): -len(RANDOM_SUFFIX)]] = Path(root)
+    return twins
+
+
+def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> list[Path]:
+    """Write ``out_root/<twin>/`` for each twin pretraining run ``run_dir`` trained; returns those directories."""
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    spec = str(cfg.model.pretrained)
-    if not (spec.startswith(TINY_PREFIX) and spec.endswith(RANDOM_SUFFIX)):
-        raise ConfigError(f"{run_dir} trained from {spec}: a base is pretrained from tiny:<twin>{RANDOM_SUFFIX}")
     if cfg.model.finetune != "full":
         raise ConfigError(f"{run_dir} is a {cfg.model.finetune} fine-tune: a base is pretrained with model.finetune=full")
+    twins = pretrained_twins(cfg, run_dir)
     status = json.loads((run_dir / "status.json").read_text())
     if status.get("status") != "ok":
         raise ConfigError(f"{run_dir} did not finish (status {status.get('status')})")
     summary = json.loads((run_dir / "summary.json").read_text())
-    twin = spec[len(TINY_PREFIX): -len(RANDOM_SUFFIX)]
-    model_class = get_class(cfg.model._target_)
-    twin_root = Path(model_class.resolve(cfg.model, cfg.paths.cache_dir))
     trained = Path(summary["final_dir"])
-
-    out = out_root / twin
-    sources = {c: trained / c if (trained / c).is_dir() else twin_root / c for c in twin_components(twin_root)}
-    files = write_bundle(out, sources)
     overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
     recipe_overrides = [o for o in overrides if not str(o).startswith(("hydra.", "logger="))]
-    rec = {
-        "twin": twin,
+    shared = {
         "family": str(cfg.model.family),
+        "model": str(cfg.model.name),
         "recipe": " ".join(["python -m t2v_exp.train", *map(str, recipe_overrides)]),
         "steps": summary["step"],
         "samples_seen": summary.get("samples_seen"),
@@ -92,12 +111,21 @@ def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> Path:
         "domain": str(cfg.dataset.domain),
         "oracle": oracle_scores(run_dir),
         "dtype": "float16 (trained in float32)",
-        "components": {c: ("trained" if (trained / c).is_dir() else "as in the twin it started from (not trained)")
-                       for c in twin_components(twin_root)},
-        **file_fields(files),
     }
-    (out / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
-    return out
+    written = []
+    for twin, twin_root in twins.items():
+        components = twin_components(twin_root, twin)
+        sources = {c: trained / c if (trained / c).is_dir() else component_dir(twin_root, c, twin) for c in components}
+        out = out_root / twin
+        files = write_bundle(out, sources)
+        rec = {"twin": twin, **shared,
+               "trained_with": sorted(set(twins) - {twin}),  # bases trained together score together
+               "components": {c: ("trained" if (trained / c).is_dir() else "as in the twin it started from (not trained)")
+                              for c in components},
+               **file_fields(files)}
+        (out / "record.json").write_text(json.dumps(rec, indent=2) + "\n")
+        written.append(out)
+    return written
 
 
 def write_bundle(out: Path, sources: dict[str, Path]) -> dict[str, str]:
@@ -127,7 +155,9 @@ def file_fields(files: dict[str, str]) -> dict:
 
 # Shared VAEs fitted to the shapes data: (module, fitting builder). Committed so no machine fits them.
 FITTED_VAES = {"image_vae": ("t2v_exp.models.tiny", "build_image_vae"),
-               "cogvideox_vae": ("t2v_exp.models.cogvideox", "build_tiny_vae")}
+               "cogvideox_vae": ("t2v_exp.models.cogvideox", "build_tiny_vae"),
+               "wan_vae": ("t2v_exp.models.wan", "build_tiny_vae"),
+               "ltx_vae": ("t2v_exp.models.ltx", "build_tiny_vae")}
 
 
 def record_vae(name: str, out_root: Path = BUNDLE_ROOT) -> Path:
