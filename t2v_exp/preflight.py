@@ -217,7 +217,8 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     from .models import resolve_and_validate
     from .models.registry import published_architectures
 
-    cfg = compose_job_config(overrides, run_dir=tempfile.mkdtemp(prefix="preflight-compose-"))
+    with tempfile.TemporaryDirectory(prefix="preflight-compose-") as compose_dir:  # only ${hydra:} needs one
+        cfg = compose_job_config(overrides, run_dir=compose_dir)
     architectures = published_architectures()
     name = cfg.model.name
     if name not in architectures:

@@ -259,10 +259,14 @@ def _decode_at_timestep_zero(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents, torch.zeros(latents.shape[0]), return_dict=False)[0]
 
 
+# The narrow VAE learns position and brightness first, colour late: after 300 steps every colour came back grey.
+VAE_FIT_STEPS = 2400
+
+
 def _fit_to_shape_clips(vae) -> dict:
     from .tiny_vae import fit_video_vae, shapes_clips
 
-    figures = fit_video_vae(vae, shapes_clips(), decode=_decode_at_timestep_zero, scale_latents=False)
+    figures = fit_video_vae(vae, shapes_clips(), steps=VAE_FIT_STEPS, decode=_decode_at_timestep_zero, scale_latents=False)
     fit_latent_statistics(vae)
     return figures
 

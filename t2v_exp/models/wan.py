@@ -211,10 +211,14 @@ def fit_latent_statistics(vae) -> None:
                            latents_std=latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3).tolist())
 
 
+# The narrow VAE learns position and brightness first, colour late: after 300 steps every colour came back grey.
+VAE_FIT_STEPS = 1200
+
+
 def _fit_to_shape_clips(vae) -> dict:
     from .tiny_vae import fit_video_vae, shapes_clips
 
-    figures = fit_video_vae(vae, shapes_clips(), scale_latents=False)  # Wan normalises per channel
+    figures = fit_video_vae(vae, shapes_clips(), steps=VAE_FIT_STEPS, scale_latents=False)  # Wan normalises per channel
     fit_latent_statistics(vae)
     return figures
 

@@ -1,4 +1,4 @@
-"""python -m t2v_exp.tiny_bases record RUN_DIR   |   python -m t2v_exp.tiny_bases list"""
+"""python -m t2v_exp.tiny_bases record RUN_DIR | record-vae NAME | list (a Markdown table of the committed bases)"""
 
 from __future__ import annotations
 
@@ -25,16 +25,28 @@ def main(argv: list[str] | None = None) -> int:
         for out in written:
             print(f"Wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
         return 0
-    for path in sorted(BUNDLE_ROOT.glob("*/record.json")):
-        r = json.loads(path.read_text())
-        if "oracle" not in r:
-            print(f"{r['twin']:<16} {r['kind']}: {r['fit']['psnr_db']:.1f} dB round trip ({r['recipe']})")
-            continue
-        scores = r["oracle"]["scores"]
-        print(f"{r['twin']:<16} {r['steps']:>6} steps  color {scores['color_ok']['value']:.2f}  "
-              f"direction {scores['direction_ok']['value']:.2f}  ({r['recipe']})")
+    print_table(json.loads(p.read_text()) for p in sorted(BUNDLE_ROOT.glob("*/record.json")))
     return 0
 
+
+def print_table(records) -> None:
+    """The committed bases as a Markdown table (the README's comes from here), then the fitted VAEs."""
+    def score(r, name):
+        s = r["oracle"]["scores"][name]
+        return f"{s['value']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+
+    records = list(records)
+    print("| base | model | steps | wall time | colour acc. [95% CI] | direction acc. [95% CI] | size | recipe |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in records:
+        if "oracle" in r:
+            size = sum((BUNDLE_ROOT / r["twin"] / f).stat().st_size for f in r["files"]) / 1e6
+            print(f"| `{r['twin']}` | `{r.get('model', '')}` | {r['steps']} | {r['wall_time_s'] / 60:.1f} min | "
+                  f"{score(r, 'color_ok')} | {score(r, 'direction_ok')} | {size:.1f} MB | `{r['recipe']}` |")
+    for r in records:
+        if "fit" in r:
+            print(f"| `{r['twin']}` | {r['kind']} | {r['fit']['steps']} | {r['fit']['seconds'] / 60:.1f} min | "
+                  f"round trip {r['fit']['psnr_db']:.1f} dB PSNR | | | `{r['recipe']}` |")
 
 if __name__ == "__main__":
     sys.exit(main())
