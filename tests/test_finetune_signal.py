@@ -1,15 +1,19 @@
 """Tests with teeth: fine-tuning a tiny pretrained base on domain B must visibly teach it domain B.
 
-The bases know horizontal motion (domain A); the default experiment fine-tunes with LoRA on vertical
+The bases know horizontal motion (domain A). The controlled comparison (``sweep=compare_models_tiny``,
+what ``make sweep`` runs, through Hydra's real launcher) fine-tunes every family with LoRA on vertical
 motion (domain B) and scores base and fine-tuned models on the same held-out domain-B prompts and
-seeds with the shapes oracle. Direction accuracy must rise by at least 0.3 with the paired 95% CI
-above zero. A wrong noise schedule in sampling, a wrong training target or a LoRA that never reaches
-the pipeline leaves the accuracy where it was, and this fails.
+seeds with the shapes oracle. For each family, direction accuracy must rise by at least 0.3 with the
+paired 95% CI above zero. A wrong noise schedule in sampling, a wrong training target or a LoRA that
+never reaches the pipeline leaves the accuracy where it was, and this fails.
+
+The sweep runs once per session, with just the families selected (``-k ltx_tiny`` runs one job).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,26 +29,33 @@ MODELS = sorted({json.loads(p.read_text()).get("model") for p in tiny_bases.BUND
 MIN_GAIN = 0.3
 
 
-def comparison_settings() -> list[str]:
-    """The model.* settings the controlled comparison gives every family (LoRA rank, sampler steps)."""
-    shared = OmegaConf.load(CONF_DIR / "sweep" / "compare_models_tiny.yaml").model
-    flat = OmegaConf.to_container(shared)
-    return [f"model.lora.{k}={v}" for k, v in flat.pop("lora").items()] + [f"model.{k}={v}" for k, v in flat.items()]
-
-
-def run_default_experiment(model: str, run_dir) -> dict:
-    command = [sys.executable, "-m", "t2v_exp.train", f"model={model}", *comparison_settings(), "logger=none",
-               f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
+@pytest.fixture(scope="session")
+def comparison_sweep(request, tmp_path_factory):
+    """{model: its job dir} from one run of the controlled comparison over the selected models."""
+    selected = [item.callspec.params["model"] for item in request.session.items
+                if item.originalname == "test_fine_tuning_on_domain_b_raises_direction_accuracy"]
+    sweep_dir = tmp_path_factory.mktemp("comparison") / "sweep"
+    command = [sys.executable, "-m", "t2v_exp.train", "sweep=compare_models_tiny",
+               f"hydra.sweeper.params.model={','.join(selected)}", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((run_dir / "eval" / "metrics.json").read_text())
+    jobs = {}
+    for job in sweep_dir.iterdir():
+        if (job / "status.json").is_file():
+            status = json.loads((job / "status.json").read_text())
+            assert status["status"] == "ok", (job.name, status.get("error"))
+            jobs[OmegaConf.load(job / "config.yaml").model.name] = job
+    return jobs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
-def test_fine_tuning_on_domain_b_raises_direction_accuracy(model, tmp_path):
+def test_fine_tuning_on_domain_b_raises_direction_accuracy(model, comparison_sweep):
     assert (CONF_DIR / "model" / f"{model}.yaml").is_file()
-    report = run_default_experiment(model, tmp_path / "run")
+    job = comparison_sweep[model]
+    assert OmegaConf.load(job / "config.yaml").dataset.domain == "vertical_motion"  # domain B, unseen by the base
+    report = json.loads((job / "eval" / "metrics.json").read_text())
     row = report["comparison"]["shapes_oracle"]["direction_ok"]
     assert report["comparison_protocol"]["n_pairs"] >= 16
     assert row["mean_delta"] >= MIN_GAIN and row["ci_low"] > 0, (

@@ -23,8 +23,10 @@ BASES = sorted(name for name, record in RECORDS.items() if "oracle" in record)  
 FITTED_VAES = sorted(name for name, record in RECORDS.items() if "fit" in record)  # shared fitted VAEs
 
 
-def test_at_least_the_default_models_base_is_committed():
-    assert "modelscope" in BASES
+def test_every_tiny_model_preset_has_a_committed_base():
+    presets = {p.stem for p in (REPO / "conf" / "model").glob("*_tiny.yaml")}
+    assert {RECORDS[name]["model"] for name in BASES} == presets
+    assert {"modelscope", "cogvideox", "sd15", "motion_adapter"} <= set(BASES)
 
 
 @pytest.mark.parametrize("twin", sorted(RECORDS))
