@@ -307,3 +307,12 @@ def test_wan22_full_fine_tune_of_one_expert_round_trips_through_load_pipeline(co
     tuned = sample(load_pipeline(model.root, str(tmp_path)), model)
     assert not torch.allclose(sample(load_pipeline(model.root), model), tuned)
     torch.testing.assert_close(ours(model), tuned, atol=1e-4, rtol=1e-4)
+
+
+def test_the_report_names_each_familys_objective(compose_train):
+    from t2v_exp.engine.trainer import objective_label
+
+    _, wan21 = build(compose_train, "wan_tiny")
+    _, wan22 = build(compose_train, "wan22_tiny")
+    assert objective_label(wan21) == "flow matching (velocity)"
+    assert objective_label(wan22) == "flow matching (velocity) (2 experts)"  # was None: "-" in the sweep report

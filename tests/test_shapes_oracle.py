@@ -66,3 +66,16 @@ def test_frame_without_background_has_no_shape():
     grey = torch.zeros(1, 4, 3, 16, 16)  # mid-grey everywhere: nothing looks like the shapes background
     scores = shapes_oracle_scores(grey, ["a green circle moving left"])
     assert scores["per_video"]["detected_color"] == [None] and scores["color_acc"] == 0.0
+
+
+def test_axis_is_the_direction_without_its_sign(tmp_path):
+    videos, prompts, records = decoded_shapes(tmp_path, "all", num_videos=16)
+    # Each prompt with its direction reversed (same axis) or turned (other axis).
+    reverse = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    turn = {"left": "up", "right": "down", "up": "left", "down": "right"}
+    for mapping, axis_expected in ((reverse, True), (turn, False)):
+        changed = [p.replace(f" {r['direction']} ", f" {mapping[r['direction']]} ") for p, r in zip(prompts, records, strict=True)]
+        per_video = shapes_oracle_scores(videos, changed)["per_video"]
+        assert not any(per_video["direction_ok"])
+        assert per_video["axis_ok"] == [axis_expected] * len(records)
+    assert all(shapes_oracle_scores(videos, prompts)["per_video"]["axis_ok"])

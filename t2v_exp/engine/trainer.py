@@ -96,6 +96,11 @@ def apply_caption_dropout(prompts: list[str], probability: float, generators: li
 
 def objective_label(model) -> str | None:
     """What the training loss measures, for the report: losses of different objectives are not comparable."""
+    experts = getattr(model, "objectives", None)  # Wan 2.2: one objective per expert
+    if isinstance(experts, dict) and experts:
+        labels = sorted({getattr(o, "label", None) for o in experts.values()} - {None})
+        if labels:
+            return f"{', '.join(labels)} ({len(experts)} experts)"
     objective = getattr(model, "objective", None)
     label = getattr(objective, "label", None)
     if isinstance(label, str):

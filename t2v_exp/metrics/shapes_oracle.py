@@ -35,6 +35,9 @@ class ShapesOracleSettings:
 
 
 _WORD = re.compile(r"[a-z]+")
+# axis_ok: the motion without its sign. A model can learn to move shapes vertically before it learns
+# which of "up" / "down" the prompt says (AnimateDiff's motion LoRA never sees the prompt at all).
+AXES = {"left": "horizontal", "right": "horizontal", "up": "vertical", "down": "vertical"}
 
 
 def parse_prompt(prompt: str) -> tuple[str | None, str | None]:
@@ -103,7 +106,7 @@ def shapes_oracle_scores(videos, prompts, settings: ShapesOracleSettings | None 
         raise ValueError(f"shapes oracle needs RGB videos, got {videos.shape[2]} channel(s)")
     min_travel = settings.min_displacement_fraction * min(videos.shape[-2:])
     per_video: dict[str, list] = {key: [] for key in (
-        "color_ok", "direction_ok", "detected_color", "detected_direction", "expected_color",
+        "color_ok", "direction_ok", "axis_ok", "detected_color", "detected_direction", "expected_color",
         "expected_direction", "frames_with_shape")}
     for video, prompt in zip(videos, prompts, strict=True):
         expected_color, expected_direction = parse_prompt(prompt)
@@ -112,6 +115,8 @@ def shapes_oracle_scores(videos, prompts, settings: ShapesOracleSettings | None 
         detected_direction = _direction(centroids, min_travel)
         per_video["color_ok"].append(detected_color is not None and detected_color == expected_color)
         per_video["direction_ok"].append(detected_direction is not None and detected_direction == expected_direction)
+        per_video["axis_ok"].append(detected_direction is not None and expected_direction is not None
+                                    and AXES[detected_direction] == AXES[expected_direction])
         per_video["detected_color"].append(detected_color)
         per_video["detected_direction"].append(detected_direction)
         per_video["expected_color"].append(expected_color)
@@ -129,6 +134,7 @@ def shapes_oracle_scores(videos, prompts, settings: ShapesOracleSettings | None 
             "palette": {name: list(rgb) for name, rgb in PALETTE.items()},
             "color_rule": "nearest palette entry to the median foreground RGB over all frames",
             "direction_rule": "dominant axis of the centroid displacement, first to last frame with a shape",
+            "axis_rule": "the detected direction lies on the prompt's axis (left/right horizontal, up/down vertical)",
             "undetected_counts_as": "wrong",
             "unparsed_prompts": sum(c is None or d is None for c, d in
                                     zip(per_video["expected_color"], per_video["expected_direction"], strict=True)),
