@@ -68,10 +68,7 @@ def fitted_tiny_vae():
     """The fitted 3-D VAE, built once per cache and shared by the 2B and 1.5 twins."""
     from diffusers import AutoencoderKLCogVideoX
 
-    if tiny.building_from_bundle():
-        return tiny_vae()
-    return AutoencoderKLCogVideoX.from_pretrained(
-        tiny.shared_vae_dir("cogvideox_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
+    return tiny.fitted_shared_vae("cogvideox_vae", AutoencoderKLCogVideoX, tiny_vae, build_tiny_vae, version=TINY_VERSION)
 
 
 def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:

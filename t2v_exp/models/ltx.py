@@ -279,10 +279,7 @@ def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/ltx_vae (else fitted once per cache)."""
     from diffusers import AutoencoderKLLTXVideo
 
-    if tiny.building_from_bundle():
-        return tiny_vae()
-    return AutoencoderKLLTXVideo.from_pretrained(
-        tiny.shared_vae_dir("ltx_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
+    return tiny.fitted_shared_vae("ltx_vae", AutoencoderKLLTXVideo, tiny_vae, build_tiny_vae, version=TINY_VERSION)
 
 
 def build_tiny(out_dir: Path) -> None:

@@ -167,14 +167,21 @@ def building_from_bundle() -> bool:
     return _VAE_FROM_BUNDLE
 
 
+def fitted_shared_vae(name: str, vae_class, make_vae: Callable, fit_builder: Callable[[Path], None],
+                      version: str = ""):
+    """Shared VAE ``name`` (a ``vae_class``), fitted to the shapes data: the committed fit, else fitted once
+    in the default cache and shared by every twin in every cache dir. Unfitted (``make_vae()``) inside
+    :func:`vae_weights_from_bundle`, where a committed base brings its own."""
+    if building_from_bundle():
+        return make_vae()
+    return vae_class.from_pretrained(shared_vae_dir(name, fit_builder, make_vae, version=version), subfolder="vae")
+
+
 def fitted_image_vae():
-    """The fitted VAE, built once in the default cache and shared by every twin in every cache dir:
-    fitting takes ~40 s, rebuilding a twin elsewhere (a run with its own paths.cache_dir) about 1 s."""
+    """The fitted 2-D VAE of the ModelScope and SD1.5 twins."""
     from diffusers import AutoencoderKL
 
-    if building_from_bundle():
-        return image_vae()
-    return AutoencoderKL.from_pretrained(shared_vae_dir("image_vae", build_image_vae, image_vae), subfolder="vae")
+    return fitted_shared_vae("image_vae", AutoencoderKL, image_vae, build_image_vae)
 
 
 #: Tiny parts shared by several families; each family's own twins are built by its module's

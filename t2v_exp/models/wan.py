@@ -231,10 +231,7 @@ def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/wan_vae (else fitted once per cache)."""
     from diffusers import AutoencoderKLWan
 
-    if tiny.building_from_bundle():
-        return tiny_vae()
-    return AutoencoderKLWan.from_pretrained(
-        tiny.shared_vae_dir("wan_vae", build_tiny_vae, tiny_vae, version=TINY_VERSION), subfolder="vae")
+    return tiny.fitted_shared_vae("wan_vae", AutoencoderKLWan, tiny_vae, build_tiny_vae, version=TINY_VERSION)
 
 
 def tiny_pipeline_parts(out_dir: Path) -> dict:

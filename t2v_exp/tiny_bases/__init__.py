@@ -37,18 +37,19 @@ def bundle_files(name: str) -> dict[str, Path]:
     return {} if directory is None else {p.stem: p for p in sorted(directory.glob("*.safetensors"))}
 
 
-def bundle_fingerprint(name: str) -> str:
-    """Changes whenever a committed file of the bundle does: the cached twin built from it is rebuilt."""
+def bundle_record(name: str) -> dict:
     import json
 
-    record = json.loads((BUNDLE_ROOT / name / "record.json").read_text())
-    return record["bundle_sha256"][:16]
+    return json.loads((BUNDLE_ROOT / name / "record.json").read_text())
+
+
+def bundle_fingerprint(name: str) -> str:
+    """Changes whenever a committed file of the bundle does: the cached twin built from it is rebuilt."""
+    return bundle_record(name)["bundle_sha256"][:16]
 
 
 def bundle_recipe(name: str) -> str:
-    import json
-
-    return json.loads((BUNDLE_ROOT / name / "record.json").read_text())["recipe"]
+    return bundle_record(name)["recipe"]
 
 
 def apply_bundle(twin_dir: Path, name: str) -> None:
