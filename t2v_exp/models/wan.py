@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 FAMILY = "wan"
 BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 #: Bump when a builder here (or in wan22.py) changes so stale Wan twins in users' caches are rebuilt.
-TINY_VERSION = "3"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips
+TINY_VERSION = "4"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips; 4: 64-wide, 4-layer transformer
 EXPORT_FORMATS = ("diffusers", "comfyui")
 #: diffusers module name -> the original Wan checkpoint's, which ComfyUI's LoRA loader (and diffusers'
 #: own reader of such files) expects; the inverse of diffusers' convert_wan_to_diffusers renaming.
@@ -191,9 +191,12 @@ def tiny_transformer():
 
     from .tiny import TEXT_DIM
 
+    # 64 wide, 4 layers: a (1, 2, 2) patch of 16 latent channels is 64 numbers, and the 32-wide, 2-layer
+    # transformer of version 3 squeezed them so hard that its base never learned the motion's direction
+    # (0.31 on domain A after 12000 steps; 64 wide: 0.75; 64 wide and 4 layers: 0.84).
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
+        text_dim=TEXT_DIM, freq_dim=32, ffn_dim=128, num_layers=4, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )
 

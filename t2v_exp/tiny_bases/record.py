@@ -142,7 +142,9 @@ def write_bundle(out: Path, sources: dict[str, Path]) -> dict[str, str]:
         tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
         target = out / f"{component}.safetensors"
         save_file(tensors, str(target), metadata={"format": "pt"})
-        (out / f"{component}.config.json").write_text((source / "config.json").read_text())
+        config = json.loads((source / "config.json").read_text())
+        config.pop("_name_or_path", None)  # the recording machine's cache path: not part of the base
+        (out / f"{component}.config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         files[target.name] = sha256(target)
         files[f"{component}.config.json"] = sha256(out / f"{component}.config.json")
     return files
