@@ -86,10 +86,8 @@ def test_tiny_spec_loads_the_committed_weights_and_random_keeps_the_random_twin(
     assert trained, "a base trains at least one component"
     for component, path in tiny_bases.bundle_files(twin).items():
         committed = load_file(path)
-        # A component named like the twin lives at the twin's root (a MotionAdapter's weights).
-        subdir = "." if component == twin else component
-        (loaded_file,) = (tiny_bases.Path(pretrained) / subdir).glob("*.safetensors")
-        (random_file,) = (tiny_bases.Path(random_dir) / subdir).glob("*.safetensors")
+        (loaded_file,) = tiny_bases.component_dir(tiny_bases.Path(pretrained), component, twin).glob("*.safetensors")
+        (random_file,) = tiny_bases.component_dir(tiny_bases.Path(random_dir), component, twin).glob("*.safetensors")
         loaded, random = load_file(loaded_file), load_file(random_file)
         assert set(loaded) == set(committed)
         for key, value in committed.items():

@@ -37,6 +37,12 @@ def bundle_files(name: str) -> dict[str, Path]:
     return {} if directory is None else {p.stem: p for p in sorted(directory.glob("*.safetensors"))}
 
 
+def component_dir(twin_dir: Path, component: str, twin: str) -> Path:
+    """Where ``component`` of twin ``twin`` lives: its subfolder, or the twin's root for a component
+    named like the twin (a MotionAdapter keeps its weights there)."""
+    return twin_dir if component == twin else twin_dir / component
+
+
 def bundle_record(name: str) -> dict:
     import json
 
@@ -63,8 +69,7 @@ def apply_bundle(twin_dir: Path, name: str) -> None:
     from ..errors import ConfigError
 
     for component, path in bundle_files(name).items():
-        # A component named like the twin is the twin's root (a MotionAdapter keeps its weights there).
-        target_dir = twin_dir if component == name else twin_dir / component
+        target_dir = component_dir(twin_dir, component, name)
         targets = sorted(target_dir.glob("*.safetensors"))
         if len(targets) != 1:
             raise ConfigError(f"tiny base '{name}': the twin has no single weights file in {component}/")

@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import BUNDLE_ROOT, RANDOM_SUFFIX
+from . import BUNDLE_ROOT, RANDOM_SUFFIX, component_dir
 
 TINY_PREFIX = "tiny:"
 
@@ -60,10 +60,6 @@ def twin_components(twin_root: Path, twin: str) -> list[str]:
     if any(twin_root.glob("*.safetensors")):
         components.add(twin)
     return sorted(components)
-
-
-def component_dir(root: Path, component: str, twin: str) -> Path:
-    return root if component == twin else root / component
 
 
 def pretrained_twins(cfg, run_dir: Path) -> dict[str, Path]:
