@@ -6,10 +6,17 @@ settings and the same detector files. `differences` lists every field that diffe
 values); `compare` refuses on any of them and otherwise pairs the videos by (prompt, seed) - never
 by row order, so a reordered prompt file or a different folder listing cannot shift the pairs.
 
-- per-video scores (temporal_ssim, clip_sim, ...): `stats.paired_delta` on the pairs: mean delta,
-  bootstrap CI of it, % change and the Wilcoxon p-value; a CI containing 0 is "no significant change".
-- set scores (FVD, Inception Score): one number per evaluation; the table shows both with their own
-  CIs and the delta, without a p-value (there is no pairing to test).
+- per-video scores (temporal_ssim, clip_sim, ...): `stats.paired_delta` with the prompt as the unit:
+  each prompt's seeds are averaged, then the mean delta over prompts gets a t-interval and an exact
+  sign-flip p-value. Changes are in the score's own points (percentage points for accuracies): a %
+  change of a bounded score (0.06 -> 0.38 is "+500%") says more about the base than the change.
+- set scores (FVD, KVD): the paired change from the saved detector features (`metrics.set_change`:
+  prompts resampled jointly for both sides, beside a reference-vs-reference noise floor); other set
+  scores (IS) show both values and the delta (a % change: they are ratio-scale), without a test.
+- multiplicity: one primary score (``evaluation.primary``) carries the confirmatory claim; every
+  other paired score gets a Benjamini-Hochberg q-value and is exploratory. A sweep adjusts the
+  primary across its models with Holm (`reporting`). "Significant" needs the adjusted p below
+  alpha and the interval excluding 0.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ PROTOCOL_FIELDS = ("detector", "detector_sha256", "detector_resolution", "resize
                    "data_range", "psnr_cap_db", "splits", "split_seed", "num_reference_videos",
                    "detector_call_kwargs", "text_truncation", "aggregation", "ssim", "motion")
 FVD_RELIABLE_N = 256
+AUTO_PRIMARY = ("shapes_oracle/direction_ok", "clip_score/clip_sim", "fvd/fvd")  # primary=auto: the first present
 PROMPTS_HINT = ("prompts come from prompts=FILE or the dataset's captions: same dataset and split? the synthetic "
                 "shapes dataset is seeded with dataset.seed, which defaults to the training seed in a run but to "
                 "the evaluation seed in python -m t2v_exp.evaluate")
@@ -204,8 +212,31 @@ def set_ci(entry: dict, metric: str, score: str) -> dict | None:
     return ci if isinstance(ci, dict) and "ci_low" in ci and "ci_high" in ci else None
 
 
+def resolve_primary(requested: str | None, table: dict[str, dict[str, dict]]) -> str | None:
+    """``evaluation.primary`` as metric/score; ``auto``: the first of AUTO_PRIMARY the table has
+    (the shapes oracle's direction on shapes data, else CLIP similarity, else the FVD change)."""
+    if requested and requested != "auto":
+        return requested
+    return next((name for name in AUTO_PRIMARY if name.split("/")[1] in table.get(name.split("/")[0], {})), None)
+
+
+def adjust(table: dict[str, dict[str, dict]], primary: str | None) -> None:
+    """Role, adjusted p and verdict of every row: the primary keeps its p (one comparison; a sweep
+    applies Holm across its models), the others get BH q-values over this comparison's tests."""
+    from .metrics import stats
+
+    rows = [(f"{metric}/{score}", row) for metric, scores in table.items() for score, row in scores.items()]
+    exploratory = [(name, row) for name, row in rows if name != primary]
+    q_values = stats.benjamini_hochberg([row.get("p_value") for _, row in exploratory])
+    for (_, row), q_value in zip(exploratory, q_values, strict=True):
+        row.update(role="exploratory", q_value=q_value, significant=stats.decide(row, q_value))
+    for name, row in rows:
+        if name == primary:
+            row.update(role="primary", adjusted_p=row.get("p_value"), significant=stats.decide(row, row.get("p_value")))
+
+
 def compare(base: dict[str, Any], tuned: dict[str, Any], *, base_name: str = "baseline",
-            tuned_name: str = "this evaluation") -> tuple[dict, dict]:
+            tuned_name: str = "this evaluation", primary: str | None = "auto") -> tuple[dict, dict]:
     """(comparison, protocol): comparison[metric][score] is one row; raises IncomparableEvaluations."""
     from .metrics import stats  # here, not at the top: the sweep report reads comparisons without torch
 
@@ -216,37 +247,66 @@ def compare(base: dict[str, Any], tuned: dict[str, Any], *, base_name: str = "ba
     keys = [key for key in tuned_videos if key in base_videos]  # the fine-tuned evaluation's order
     table: dict[str, dict[str, dict]] = {}
     for metric in compared_metrics(base, tuned):
-        base_entry, tuned_entry = base["metrics"][metric], tuned["metrics"][metric]
         scores = paired_scores(tuned, metric)
         for score in scores:
-            pairs = [(per_video_values(base_videos[k], metric, score), per_video_values(tuned_videos[k], metric, score))
-                     for k in keys]
-            usable = [(b, t) for b, t in pairs if b is not None and t is not None]
+            pairs = [(per_video_values(base_videos[k], metric, score), per_video_values(tuned_videos[k], metric, score),
+                      k[1]) for k in keys]
+            usable = [pair for pair in pairs if pair[0] is not None and pair[1] is not None]
             if not usable:
                 continue
-            row = stats.paired_delta([b for b, _ in usable], [t for _, t in usable])
-            table.setdefault(metric, {})[score] = {"kind": "paired", **row, "dropped_pairs": len(pairs) - len(usable)}
-        if scores:
-            continue
-        for score in set_scores(tuned_entry):
-            if score not in base_entry:
-                continue
-            before, after = float(base_entry[score]), float(tuned_entry[score])
-            table.setdefault(metric, {})[score] = {
-                "kind": "set", "base": before, "tuned": after, "delta": after - before,
-                "pct_change": None if before == 0 else 100.0 * (after - before) / abs(before),
-                "base_ci": set_ci(base_entry, metric, score), "tuned_ci": set_ci(tuned_entry, metric, score),
-                "indicative_only": indicative_only(metric, base_entry) or indicative_only(metric, tuned_entry),
-                "n": len(keys),
-            }
+            row = stats.paired_delta([b for b, _, _ in usable], [t for _, t, _ in usable], [p for _, _, p in usable])
+            table.setdefault(metric, {})[score] = {"kind": "paired", **row, "unit": "pp" if row["binary"] else "points",
+                                                   "pct_change": None,
+                                                   "dropped_pairs": len(pairs) - len(usable)}
+        if not scores:
+            table.update(set_rows(base, tuned, metric, len(keys)))
+    chosen = resolve_primary(primary, table)
+    adjust(table, chosen)
     not_compared = {name: f"base {base.get('metrics', {}).get(name, {}).get('status', 'absent')}, "
                           f"tuned {tuned.get('metrics', {}).get(name, {}).get('status', 'absent')}"
                     for name in dict.fromkeys([*(tuned.get("metrics") or {}), *(base.get("metrics") or {})])
                     if name not in table}
-    protocol = {"pairing": PAIRING, "n_pairs": len(keys), "confidence": stats.DEFAULT_CONFIDENCE,
-                "resamples": stats.DEFAULT_RESAMPLES, "bootstrap_seed": stats.DEFAULT_SEED, "method": stats.METHOD,
-                "test": "wilcoxon signed-rank (two-sided)", "not_compared": not_compared}
+    protocol = {"pairing": PAIRING, "unit": "prompt", "n_pairs": len(keys),
+                "n_prompts": len({key[1] for key in keys}), "confidence": stats.DEFAULT_CONFIDENCE,
+                "alpha": stats.DEFAULT_ALPHA, "method": stats.PAIRED_METHOD, "test": stats.TEST,
+                "primary": chosen, "primary_requested": primary,
+                "multiplicity": "primary: unadjusted within one comparison, Holm across the models of a sweep; "
+                                "other scores: Benjamini-Hochberg q-values, exploratory",
+                "significant": "adjusted p < alpha and the 95% interval excludes 0",
+                "not_compared": not_compared}
     return table, protocol
+
+
+# Set metrics whose change has a paired interval from the saved features (metrics.set_change).
+FEATURE_CHANGES = ("fvd",)
+RATIO_SCALE = ("fvd", "kvd", "inception_score")  # positive, ratio-scale: a % change means something
+
+
+def set_rows(base: dict, tuned: dict, metric: str, count: int) -> dict[str, dict[str, dict]]:
+    """Rows of a set metric: the paired change from features where it has one, else both values."""
+    if metric in FEATURE_CHANGES:
+        from .metrics.set_change import set_metric_changes
+
+        changes = set_metric_changes(base, tuned) or {}
+        if changes:
+            return {metric: {score: {"kind": "set_change", **row, "unit": "points",
+                                     "pct_change": _pct(row["base"], row["tuned"]) if metric in RATIO_SCALE else None}
+                             for score, row in changes.items()}}
+    base_entry, tuned_entry = base["metrics"][metric], tuned["metrics"][metric]
+    rows = {}
+    for score in set_scores(tuned_entry):
+        if score not in base_entry:
+            continue
+        before, after = float(base_entry[score]), float(tuned_entry[score])
+        rows[score] = {"kind": "set", "base": before, "tuned": after, "delta": after - before,
+                       "pct_change": _pct(before, after) if metric in RATIO_SCALE else None,
+                       "indicative_only": indicative_only(metric, base_entry) or indicative_only(metric, tuned_entry),
+                       "n": count}
+    return {metric: rows} if rows else {}
+
+
+def _pct(before: float, after: float) -> float | None:
+    return None if before == 0 else 100.0 * (after - before) / abs(before)
 
 
 # -- printing --------------------------------------------------------------------------------------
@@ -254,33 +314,63 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}"
 
 
-def _interval(ci: dict | None, digits: int = 4) -> str:
-    return "" if not ci else f" [{ci['ci_low']:.{digits}g}, {ci['ci_high']:.{digits}g}]"
-
-
 def verdict(row: dict) -> str:
+    """The words every surface uses: the primary score is a claim ("significantly higher"), any
+    other score only "exploratory"; a set score without a test says so."""
     if row["kind"] == "set":
         return "indicative only (under 256 videos)" if row.get("indicative_only") else "set metric: no paired test"
-    if not row["significant"]:
-        return "no significant change"
-    return "significantly higher" if row["mean_delta"] > 0 else "significantly lower"
+    delta = row.get("mean_delta", row.get("delta")) or 0.0
+    direction = "higher" if delta > 0 else "lower"
+    if row.get("role") == "primary":
+        return f"significantly {direction} (primary)" if row.get("significant") else "no significant change (primary)"
+    if row["kind"] == "set_change":
+        return f"exploratory: {direction}, interval excludes 0" if _excludes_zero(row) else "exploratory: no clear change"
+    return f"exploratory: {direction}" if row.get("significant") else "exploratory: no clear change"
+
+
+def _excludes_zero(row: dict) -> bool:
+    low, high = row.get("ci_low"), row.get("ci_high")
+    return low is not None and high is not None and not (low <= 0.0 <= high)
+
+
+def change_text(row: dict, digits: int = 3) -> str:
+    """``+31.2 pp [+12.5, +56.2]`` for accuracies (percentage points), ``+0.0167 [+0.0119, +0.0229]``
+    in the score's own points otherwise, ``+12.3 [-4.0, +30.1] (+5.1%), noise floor 40.2`` for FVD."""
+    scale, unit = (100.0, " pp") if row.get("unit") == "pp" else (1.0, "")
+    delta = row.get("mean_delta", row.get("delta"))
+    text = "n/a" if delta is None else _signed(delta * scale, digits) + unit
+    if row.get("ci_low") is not None and row.get("ci_high") is not None:
+        text += f" [{_signed(row['ci_low'] * scale, digits)}, {_signed(row['ci_high'] * scale, digits)}]"
+    if row.get("pct_change") is not None:
+        text += f" ({row['pct_change']:+.1f}%)"
+    floor = row.get("noise_floor")
+    if isinstance(floor, dict) and floor.get("value") is not None:
+        text += f", noise floor {floor['value']:.{digits}g}"
+    return text
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}g}" if abs(value) >= 1e-12 else "+0"
+
+
+def p_text(row: dict) -> str:
+    """The exact p and, beside it, the adjusted one (Holm for the primary, BH q for the others)."""
+    if row.get("p_value") is None:
+        return "-"
+    adjusted = (f", Holm {row['adjusted_p']:.3g}" if row.get("role") == "primary" and row.get("holm") else
+                f", q {row['q_value']:.3g}" if row.get("q_value") is not None else "")
+    return f"{row['p_value']:.3g}{adjusted}"
 
 
 def format_comparison(table: dict[str, dict[str, dict]]) -> str:
-    """metric/score, base, tuned, delta [95% CI], %, p, verdict: one line per score."""
-    header = f"{'metric/score':<34}{'base':>22}{'tuned':>22}  {'delta [95% CI]':<34}{'%':>8}{'p':>9}  verdict"
+    """metric/score, base, tuned, change [95% CI], p (adjusted), verdict: one line per score, the
+    primary first."""
+    header = f"{'metric/score':<32}{'base':>10}{'tuned':>10}  {'change [95% CI]':<42}{'p':>18}  verdict"
     lines = [header, "-" * len(header)]
-    for metric, scores in table.items():
-        for score, row in scores.items():
-            pct = "n/a" if row.get("pct_change") is None else f"{row['pct_change']:+.1f}"
-            if row["kind"] == "paired":
-                base, tuned = _num(row["base_mean"]), _num(row["tuned_mean"])
-                delta = f"{row['mean_delta']:+.4g} [{row['ci_low']:+.4g}, {row['ci_high']:+.4g}]"
-                p_value = "n/a" if row.get("p_value") is None else f"{row['p_value']:.3g}"
-            else:
-                base = _num(row["base"]) + _interval(row.get("base_ci"))
-                tuned = _num(row["tuned"]) + _interval(row.get("tuned_ci"))
-                delta, p_value = f"{row['delta']:+.4g}", "-"
-            lines.append(f"{metric + '/' + score:<34}{base:>22}{tuned:>22}  {delta:<34}{pct:>8}{p_value:>9}  "
-                         f"{verdict(row)}")
+    rows = [(f"{metric}/{score}", row) for metric, scores in table.items() for score, row in scores.items()]
+    rows.sort(key=lambda item: item[1].get("role") != "primary")
+    for name, row in rows:
+        base, tuned = row.get("base_mean", row.get("base")), row.get("tuned_mean", row.get("tuned"))
+        lines.append(f"{name:<32}{_num(base):>10}{_num(tuned):>10}  {change_text(row):<42}{p_text(row):>18}  "
+                     f"{verdict(row)}")
     return "\n".join(lines)

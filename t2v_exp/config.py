@@ -188,14 +188,18 @@ class EvalSettings:
     # [auto]: temporal, FVD when the videos have its 16 frames (detector fetched by `make install`),
     # shapes_oracle for shapes prompts; weight-file metrics are opt-in (t2v_exp.evaluation.resolve_metrics).
     metrics: list[str] = field(default_factory=lambda: ["auto"])
-    num_videos: int = 16  # videos in all (N of every CI and of FVD): num_videos / seeds_per_prompt prompts
-    seeds_per_prompt: int = 2  # video i: prompt i // seeds_per_prompt, seed + i; same list across models
+    num_videos: int = 16  # videos in all (N of FVD): num_videos / seeds_per_prompt prompts
+    # 1: the prompt is the unit of every interval, so a video budget buys most precision as prompts.
+    seeds_per_prompt: int = 1  # video i: prompt i // seeds_per_prompt, seed + i; same list across models
     seed: int = 0
     num_inference_steps: int = 25
     guidance_scale: float = 6.0
     split: str = "validation"  # dataset split for prompts and reference clips
     prompts: str | None = None  # a .txt (one prompt per line) or .jsonl ({"prompt": ...}) file
     metric_settings: dict[str, Any] = field(default_factory=dict)  # metric_settings.<metric>.<field>
+    # The one score the comparison makes a claim about (metric/score), declared before the run; every
+    # other score is exploratory. auto: shapes_oracle/direction_ok, else clip_score/clip_sim, else fvd/fvd.
+    primary: str = "auto"
 
 
 @dataclass

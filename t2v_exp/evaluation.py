@@ -3,8 +3,8 @@
 The plan: ``num_videos`` videos in all, ``seeds_per_prompt`` of them per prompt. Video i shows
 prompt i // seeds_per_prompt (repeat i % seeds_per_prompt) from seed ``seed + i``, i.e. seed + p *
 seeds_per_prompt + r: the same (prompt, seed) list whatever the model, so base and fine-tuned
-videos pair up. Writes ``metrics.json`` (scores, protocol, per-video record, mean and 95% bootstrap
-CI per score, and with a baseline the paired comparison or why it was refused), ``per_video.csv``,
+videos pair up. Writes ``metrics.json`` (scores, protocol, per-video record, mean and 95% interval
+over prompts per score, and with a baseline the paired comparison or why it was refused), ``per_video.csv``,
 the videos and, when the FVD metric hands back its features, ``fvd_features.npz``.
 """
 
@@ -264,9 +264,11 @@ def numeric_column(values: list) -> list[float | None] | None:
     return floats if any(v is not None for v in floats) else None
 
 
-def summarize(entries: dict[str, dict], columns: dict[str, dict[str, list]], count: int) -> dict:
-    """summary[metric][score]: mean over videos with a 95% bootstrap CI for per-video scores; the
-    value with the metric's own CI (fvd_ci, inception_score_ci) for set metrics."""
+def summarize(entries: dict[str, dict], columns: dict[str, dict[str, list]], count: int,
+              prompts: list | None = None) -> dict:
+    """summary[metric][score]: for per-video scores the mean over prompts of each prompt's mean, with
+    a 95% t-interval over prompts (the prompt is the unit: its seeds are correlated); for set
+    metrics the value, with the metric's own interval where it has an honest one (KVD)."""
     summary: dict[str, dict] = {}
     for name, entry in entries.items():
         if entry.get("status") != "ok":
@@ -274,10 +276,11 @@ def summarize(entries: dict[str, dict], columns: dict[str, dict[str, list]], cou
         numeric = {score: floats for score, values in columns.get(name, {}).items()
                    if (floats := numeric_column(values)) is not None}
         for score, floats in numeric.items():
-            finite = [v for v in floats if v is not None]
-            ci = stats.mean_with_ci(finite)
-            summary.setdefault(name, {})[score] = {"value": ci.pop("mean"), **ci, "statistic": "mean over videos",
-                                                   "dropped": len(floats) - len(finite)}
+            kept = [i for i, v in enumerate(floats) if v is not None]
+            groups = [prompts[i] for i in kept] if prompts else None
+            ci = stats.mean_with_ci([floats[i] for i in kept], groups)
+            summary.setdefault(name, {})[score] = {"value": ci.pop("mean"), **ci, "statistic": "mean over prompts",
+                                                   "dropped": len(floats) - len(kept)}
         if numeric:
             continue
         for score, value in scores_of(entry).items():
@@ -370,7 +373,7 @@ def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], v
               "metrics_requested": names_to_run, "metrics_left_out": left_out or None,
               "reference": None if reference is None else {"num_videos": int(reference.shape[0]),
                                                            "names": list(reference_names or [])},
-              "videos": records, "metrics": entries, "summary": summarize(entries, columns, count)}
+              "videos": records, "metrics": entries, "summary": summarize(entries, columns, count, prompts)}
     report["problems"] = problems(report)
     base = None
     if baseline:
@@ -378,7 +381,8 @@ def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], v
         report["baseline"] = str(base_dir)
         try:
             report["comparison"], report["comparison_protocol"] = comparison.compare(
-                base, report, base_name=str(base_dir), tuned_name=str(out_dir))
+                base, report, base_name=str(base_dir), tuned_name=str(out_dir),
+                primary=str(getattr(settings, "primary", "auto") or "auto"))
         except comparison.IncomparableEvaluations as refused:
             report["comparison_refused"] = {"differences": refused.differences, "message": str(refused)}
             log.warning("Not compared with %s: differs in %s (details in metrics.json comparison_refused)",
@@ -386,9 +390,11 @@ def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], v
             base = None
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     write_per_video_csv(out_dir / "per_video.csv", records)
-    log.info("Scores (%d videos, mean and 95%% bootstrap CI over videos):\n%s", count, format_summary(report))
+    log.info("Scores (%d videos, mean and 95%% t-interval over prompts):\n%s", count, format_summary(report))
     if "comparison" in report:
-        log.info("Paired by %s against %s:\n%s", comparison.PAIRING, report["baseline"],
+        log.info("Paired by %s against %s, the prompt as the unit (primary: %s; other scores exploratory, "
+                 "BH q-values):\n%s", comparison.PAIRING, report["baseline"],
+                 report["comparison_protocol"].get("primary") or "none",
                  comparison.format_comparison(report["comparison"]))
     if tracker is not None:
         log_to_tracker(tracker, report, role, base)
@@ -443,7 +449,7 @@ def wandb_scalars(report: dict, role: str) -> dict[str, float]:
                 flat[f"{role}/{name}/{score}_ci_low"], flat[f"{role}/{name}/{score}_ci_high"] = row["ci_low"], row["ci_high"]
     for name, scores in (report.get("comparison") or {}).items():
         for score, row in scores.items():
-            for field in ("mean_delta", "delta", "ci_low", "ci_high", "p_value", "pct_change"):
+            for field in ("mean_delta", "delta", "ci_low", "ci_high", "p_value", "q_value", "adjusted_p", "pct_change"):
                 if isinstance(row.get(field), int | float):
                     flat[f"eval_delta/{name}/{score}/{field}"] = float(row[field])
     return flat

@@ -40,20 +40,29 @@ def comparison_lines(eval_report: dict | None) -> list[str]:
     if not eval_report or not eval_report.get("comparison"):
         return ["Not evaluated against its base in this run (train.evaluate_base=true train.evaluate_at_end=true "
                 "adds a paired before/after table here)."]
-    lines = ["| metric | base | fine-tuned | change [95% CI] |", "|---|---|---|---|"]
-    for metric, scores in eval_report["comparison"].items():
-        for score, row in scores.items():
-            if row.get("kind") == "paired":
-                lines.append(f"| {metric}/{score} | {row['base_mean']:.4g} | {row['tuned_mean']:.4g} | "
-                             f"{row['mean_delta']:+.4g} [{row['ci_low']:+.4g}, {row['ci_high']:+.4g}] |")
-            else:
-                lines.append(f"| {metric}/{score} | {row['base']:.4g} | {row['tuned']:.4g} | {row['delta']:+.4g} |")
+    from .comparison import change_text, p_text, verdict
+
     protocol = eval_report.get("comparison_protocol") or {}
+    lines = ["| score | role | base | fine-tuned | change [95% CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
+    rows = [(f"{metric}/{score}", row) for metric, scores in eval_report["comparison"].items()
+            for score, row in scores.items()]
+    for name, row in sorted(rows, key=lambda item: item[1].get("role") != "primary"):
+        base, tuned = row.get("base_mean", row.get("base")), row.get("tuned_mean", row.get("tuned"))
+        lines.append(f"| {name} | {row.get('role') or '-'} | {_num(base)} | {_num(tuned)} | {change_text(row)} | "
+                     f"{p_text(row)} | {verdict(row)} |")
     lines.append("")
-    lines.append(f"{protocol.get('n_pairs', '?')} videos paired by prompt and seed; held-out "
-                 f"{eval_report.get('dataset', '')} prompts, {eval_report.get('num_inference_steps')} sampling steps, "
-                 f"guidance {eval_report.get('guidance_scale')}.")
+    lines.append(f"{protocol.get('n_pairs', '?')} videos ({protocol.get('n_prompts', '?')} held-out "
+                 f"{eval_report.get('dataset', '')} prompts) paired by prompt and seed, "
+                 f"{eval_report.get('num_inference_steps')} sampling steps, guidance {eval_report.get('guidance_scale')}. "
+                 f"Intervals are 95% t-intervals over prompts (the prompt is the unit), p exact sign-flip. "
+                 f"The primary score (`{protocol.get('primary') or 'none'}`, declared before the run) is the only "
+                 "claim; the others are exploratory (Benjamini-Hochberg q). Accuracies change in percentage points. "
+                 "One training run: the interval covers sampling, not training-seed variation.")
     return lines
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def card_text(cfg, *, family_module: str, license_name: str, steps: int, eval_report: dict | None,

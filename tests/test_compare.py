@@ -43,16 +43,31 @@ def keys(*seeds: int) -> list[tuple[str, int]]:
 
 def test_paired_delta_by_hand():
     base = report(dict(zip(keys(0, 1, 2, 3), [1.0, 2.0, 3.0, 4.0], strict=True)))
-    tuned = report(dict(zip(keys(0, 1, 2, 3), [2.0, 3.0, 4.0, 5.0], strict=True)))
+    tuned = report(dict(zip(keys(0, 1, 2, 3), [2.0, 3.0, 5.0, 4.0], strict=True)))
     table, protocol = compare(base, tuned)
     row = table["temporal"]["temporal_ssim"]
-    # every pair moved by exactly +1: mean delta 1, every bootstrap mean 1, +40% of the base mean 2.5
-    assert row["kind"] == "paired" and row["n"] == 4 and protocol["n_pairs"] == 4
+    # Prompt 0 (seeds 0, 2) moved +1 and +2: mean +1.5; prompt 1 (seeds 1, 3) +1 and 0: mean +0.5. The
+    # prompt is the unit: two per-prompt deltas, mean 1.0, t-interval 1 +- t(0.975, 1) * 0.5 / sqrt(2).
+    assert row["kind"] == "paired" and row["n"] == 4 and row["n_prompts"] == 2 and protocol["n_pairs"] == 4
     assert (row["base_mean"], row["tuned_mean"], row["mean_delta"]) == (2.5, 3.5, 1.0)
-    assert (row["ci_low"], row["ci_high"]) == (1.0, 1.0) and row["significant"]
-    assert row["pct_change"] == pytest.approx(40.0)
-    assert row["p_value"] == pytest.approx(0.125)  # Wilcoxon, n=4, all signs equal: 2 / 2**4
-    assert protocol["pairing"] == "(prompt, seed)"
+    half = 12.706204736174698 * np.std([1.5, 0.5], ddof=1) / np.sqrt(2)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((1.0 - half, 1.0 + half))
+    assert row["p_value"] == pytest.approx(0.5)  # sign flips of (+1.5, +0.5): 2 of 4 as extreme
+    assert row["pct_change"] is None and row["unit"] == "points"  # bounded scores change in points
+    assert row["role"] == "exploratory" and not row["significant"]  # no primary named among these scores
+    assert protocol["pairing"] == "(prompt, seed)" and protocol["unit"] == "prompt"
+
+
+def test_significance_needs_the_p_value_and_the_interval_to_agree():
+    values = dict(zip(keys(*range(8)), [0.0] * 8, strict=True))
+    moved = dict(zip(keys(*range(8)), [0.5] * 8, strict=True))  # every video, so every prompt, +0.5
+    table, protocol = compare(report(values), report(moved), primary="temporal/temporal_ssim")
+    row = table["temporal"]["temporal_ssim"]
+    assert protocol["primary"] == "temporal/temporal_ssim" and row["role"] == "primary"
+    # Two prompts only: the interval is [0.5, 0.5] (no spread), but 2 prompts cannot give p < 0.05 (exact
+    # sign-flip p = 2/4): not significant, whatever the interval says.
+    assert row["p_value"] == pytest.approx(0.5) and row["ci_low"] == row["ci_high"] == 0.5
+    assert not row["significant"] and "no significant change (primary)" in format_comparison(table)
 
 
 def test_pairs_by_prompt_and_seed_not_by_row_order():
@@ -75,8 +90,8 @@ def test_a_ci_containing_zero_reads_no_significant_change():
     row = table["temporal"]["temporal_ssim"]
     assert row["mean_delta"] == 0.0 and row["ci_low"] < 0 < row["ci_high"] and not row["significant"]
     text = format_comparison(table)
-    assert "temporal/temporal_ssim" in text and "no significant change" in text
-    assert "delta [95% CI]" in text.splitlines()[0] and " p " in text.splitlines()[0]
+    assert "temporal/temporal_ssim" in text and "exploratory: no clear change" in text
+    assert "change [95% CI]" in text.splitlines()[0] and " p " in text.splitlines()[0]
 
 
 def test_refusal_lists_every_differing_field_with_both_values():
@@ -114,23 +129,20 @@ def test_a_baseline_without_per_video_records_is_refused_with_a_hint():
         compare(old, report({(PROMPTS[0], 0): 1.0}))
 
 
-def test_set_metrics_show_both_values_with_their_cis_and_the_delta_without_a_p_value():
-    def with_fvd(values, fvd, low, high):
+def test_set_metrics_without_features_show_both_values_and_the_delta_without_a_test():
+    def with_is(values, score):
         result = report(values)
-        result["metrics"]["fvd"] = {"status": "ok", "fvd": fvd, "fvd_ci": {"ci_low": low, "ci_high": high},
-                                    "indicative_only": True, "protocol": {"detector_sha256": "c" * 64}}
-        result["reference"] = {"num_videos": 2, "names": ["validation[0]", "validation[1]"]}
+        result["metrics"]["inception_score"] = {"status": "ok", "inception_score": score, "inception_score_std": 0.1,
+                                                "protocol": {"detector_sha256": "c" * 64}}
         return result
 
     values = dict(zip(keys(0, 1), [1.0, 2.0], strict=True))
-    table, _ = compare(with_fvd(values, 600.0, 550.0, 650.0), with_fvd(values, 450.0, 400.0, 500.0))
-    row = table["fvd"]["fvd"]
-    assert row["kind"] == "set" and (row["base"], row["tuned"], row["delta"]) == (600.0, 450.0, -150.0)
-    assert row["pct_change"] == pytest.approx(-25.0) and "p_value" not in row
-    assert row["base_ci"]["ci_low"] == 550.0 and row["tuned_ci"]["ci_high"] == 500.0 and row["indicative_only"]
-    line = next(line for line in format_comparison(table).splitlines() if line.startswith("fvd/fvd"))
-    assert "600 [550, 650]" in line and "450 [400, 500]" in line and "-150" in line
-    assert "indicative only" in line
+    table, _ = compare(with_is(values, 4.0), with_is(values, 3.0))
+    row = table["inception_score"]["inception_score"]
+    assert row["kind"] == "set" and (row["base"], row["tuned"], row["delta"]) == (4.0, 3.0, -1.0)
+    assert row["pct_change"] == pytest.approx(-25.0) and "p_value" not in row  # IS is ratio-scale: % is kept
+    line = next(line for line in format_comparison(table).splitlines() if line.startswith("inception_score/"))
+    assert "-1" in line and "(-25.0%)" in line and "no paired test" in line
 
 
 # -- the entrypoint on folders of videos -------------------------------------------------------------
@@ -196,13 +208,14 @@ def test_cli_compares_a_matching_pair_with_cis_and_p_values(compose_train, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Paired by (prompt, seed)" in log
-    header = next(line for line in log.splitlines() if "delta [95% CI]" in line)
+    header = next(line for line in log.splitlines() if "change [95% CI]" in line)
     assert "base" in header and "tuned" in header and " p " in header and "verdict" in header
     written = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
     row = written["comparison"]["temporal"]["temporal_ssim"]
-    assert row["n"] == 4 and row["ci_low"] <= row["mean_delta"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+    assert row["n"] == 4 and row["n_prompts"] == 2
+    assert row["ci_low"] <= row["mean_delta"] <= row["ci_high"] and 0 < row["p_value"] <= 1
     base = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert row["base_mean"] == pytest.approx(base["summary"]["temporal"]["temporal_ssim"]["value"])
-    delta = f"{row['mean_delta']:+.4g} [{row['ci_low']:+.4g}, {row['ci_high']:+.4g}]"
+    delta = f"{row['mean_delta']:+.3g} [{row['ci_low']:+.3g}, {row['ci_high']:+.3g}]"
     line = next(line for line in log.splitlines() if line.startswith("temporal/temporal_ssim") and delta in line)
-    assert f"{row['p_value']:.3g}" in line.split(delta)[1]
+    assert f"{row['p_value']:.3g}" in line.split(delta)[1] and "exploratory" in line

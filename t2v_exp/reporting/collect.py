@@ -68,6 +68,12 @@ class JobRow:
     # metric -> score -> the evaluator's paired (or set) delta row: mean_delta/delta, ci_low, ci_high, p_value, ...
     deltas: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     refused: str | None = None  # why eval was not compared with eval_base (the differing fields)
+    training_seed: int | None = None  # the job's `seed` (training); evaluation prompts and seeds do not depend on it
+    primary: str | None = None  # the comparison's primary score (metric/score)
+    # (metric, score) -> {prompt: that prompt's mean delta (tuned - base over its seeds)}: what the
+    # across-runs summary pools, with the prompt as the unit
+    prompt_deltas: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    binary: set[tuple[str, str]] = field(default_factory=set)  # scores that are 0/1 per video (accuracies)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it has no score
     protocol: dict[str, Any] = field(default_factory=dict)  # num_videos, frames, resolution
     videos: list[tuple[str, Path | None, Path | None]] = field(default_factory=list)  # name, base, tuned
@@ -144,8 +150,10 @@ def _entry_scores(entry: dict, indicative: bool) -> dict[str, Score]:
     return found
 
 
-DELTA_FIELDS = ("kind", "mean_delta", "delta", "ci_low", "ci_high", "p_value", "pct_change", "significant", "n",
-                "indicative_only")
+DELTA_FIELDS = ("kind", "mean_delta", "delta", "base", "tuned", "ci_low", "ci_high", "p_value", "q_value",
+                "adjusted_p", "role", "unit", "binary", "pct_change", "significant", "n", "n_prompts",
+                "indicative_only", "noise_floor", "method")
+DELTA_KINDS = ("paired", "set", "set_change")
 
 
 def deltas(comparison: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -153,7 +161,7 @@ def deltas(comparison: Any) -> dict[str, dict[str, dict[str, Any]]]:
     found: dict[str, dict[str, dict[str, Any]]] = {}
     for metric, rows in (comparison if isinstance(comparison, dict) else {}).items():
         for score, row in (rows if isinstance(rows, dict) else {}).items():
-            if isinstance(row, dict) and row.get("kind") in ("paired", "set"):
+            if isinstance(row, dict) and row.get("kind") in DELTA_KINDS:
                 found.setdefault(metric, {})[score] = {k: row.get(k) for k in DELTA_FIELDS}
     return found
 
@@ -204,6 +212,8 @@ def _read_config(row: JobRow, directory: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - a malformed YAML file is one more thing a dead job leaves
         log.warning("unreadable %s: %s", path, exc)
         return
+    seed = config.get("seed") if isinstance(config, dict) else None
+    row.training_seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     model = config.get("model") if isinstance(config, dict) else None
     if isinstance(model, dict):
         row.model = str(model.get("name") or row.model)
@@ -270,21 +280,52 @@ def _read_evals(row: JobRow, directory: Path) -> None:
             row.after = found
             row.deltas = deltas(report.get("comparison"))
             row.refused = refusal(report)
+            row.primary = (report.get("comparison_protocol") or {}).get("primary")
+            if base is not None and row.refused is None:
+                row.prompt_deltas, row.binary = per_prompt_deltas(base, report)
         for name, reason in skipped.items():
             row.skipped.setdefault(name, reason)
         # Read base first, then fine-tuned: the fine-tuned protocol wins (they share it by construction).
         row.protocol = {k: report.get(k) for k in ("num_videos", "frames", "resolution", "seeds_per_prompt",
                                                    "num_prompts")}
-        bootstrap = next((s for rows in (report.get("summary") or {}).values() if isinstance(rows, dict)
-                          for s in rows.values() if isinstance(s, dict) and s.get("resamples")), None)
-        if bootstrap:
-            row.protocol["bootstrap"] = {k: bootstrap.get(k) for k in ("confidence", "resamples", "seed", "method")}
+        interval = next((s for rows in (report.get("summary") or {}).values() if isinstance(rows, dict)
+                         for s in rows.values() if isinstance(s, dict) and s.get("n_prompts")), None)
+        if interval:
+            row.protocol["interval"] = {k: interval.get(k) for k in ("confidence", "method", "n_prompts")}
     # Base and fine-tuned files share names (same prompt, same seed): pair them by name, keeping
     # the unpaired ones so a job that died between the two evaluations still shows its samples.
     base_videos = {p.name: p for p in sorted((directory / "eval_base" / "videos").glob("*.mp4"))}
     tuned_videos = {p.name: p for p in sorted((directory / "eval" / "videos").glob("*.mp4"))}
     for name in sorted(base_videos.keys() | tuned_videos.keys()):
         row.videos.append((name, base_videos.get(name), tuned_videos.get(name)))
+
+
+def per_prompt_deltas(base: dict, tuned: dict) -> tuple[dict[tuple[str, str], dict[str, float]], set]:
+    """(metric, score) -> {prompt: mean over the prompt's seeds of tuned - base}, pairing videos by
+    (prompt, seed) like the evaluator; and which scores are 0/1. Unreadable records give nothing."""
+    from ..comparison import keyed_videos, paired_scores, per_video_values
+
+    try:
+        base_videos, tuned_videos = keyed_videos(base), keyed_videos(tuned)
+    except (ValueError, TypeError, AttributeError):
+        return {}, set()
+    found: dict[tuple[str, str], dict[str, float]] = {}
+    binary: set[tuple[str, str]] = set()
+    for metric in (tuned.get("comparison") or {}):
+        for score in paired_scores(tuned, metric):
+            sums: dict[str, list[float]] = {}
+            values = []
+            for key, video in tuned_videos.items():
+                before = per_video_values(base_videos.get(key, {}), metric, score)
+                after = per_video_values(video, metric, score)
+                if before is not None and after is not None:
+                    sums.setdefault(str(key[1]), []).append(after - before)
+                    values += [before, after]
+            if sums:
+                found[(metric, score)] = {prompt: sum(d) / len(d) for prompt, d in sums.items()}
+                if all(v in (0.0, 1.0) for v in values):
+                    binary.add((metric, score))
+    return found, binary
 
 
 def read_job(directory: Path) -> JobRow:

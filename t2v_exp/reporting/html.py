@@ -10,6 +10,7 @@ import html
 import os
 from pathlib import Path
 
+from .aggregate import exploratory_table, notes, primary_table, summarize_models
 from .collect import JobRow, prompt_label, videos_by_prompt
 from .markdown import protocol_notes
 from .table import STATUS, columns
@@ -65,6 +66,29 @@ def table_html(rows: list[JobRow]) -> str:
     return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
+def plain_table_html(header: list[str], lines: list[list[str]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in line) + "</tr>" for line in lines)
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def across_runs_html(rows: list[JobRow]) -> str:
+    """The primary endpoint per model over its training runs (the headline), then the exploratory scores."""
+    summaries, primary = summarize_models(rows)
+    if not summaries:
+        return ""
+    parts = ["<h2>Across training runs</h2>"]
+    header, body = primary_table(summaries, primary)
+    if body:
+        parts.append(f"<h3>Primary endpoint: <code>{esc(primary or '')}</code></h3>{plain_table_html(header, body)}")
+    header, body = exploratory_table(summaries, primary)
+    if body:
+        parts.append(f"<h3>Exploratory scores</h3>{plain_table_html(header, body)}")
+    parts.append("<ul class='notes'>" + "".join(f"<li>{_code_spans(esc(n))}</li>" for n in notes(summaries, primary))
+                 + "</ul>")
+    return "".join(parts)
+
+
 def samples_html(row: JobRow, out_dir: Path) -> str:
     parts = [f"<h3>{esc(row.model)} / {esc(row.dataset)} <small>({esc(row.name)})</small></h3>",
              "<div class='samples'><div class='head'>prompt</div><div class='head'>base</div>"
@@ -103,7 +127,10 @@ def render_html(rows: list[JobRow], plots: dict[str, Path | None], out_dir: Path
         "<h1>Sweep report</h1>",
         f"<p class='sub'>{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."
         + (f" Swept: <code>{esc(swept)}</code>." if swept else "")
-        + " Scores read <i>base [95% CI] → fine-tuned [95% CI]</i>, then <i>Δ [95% CI] (% change), p</i>.</p>",
+        + " Scores read <i>base [95% CI] → fine-tuned [95% CI]</i>, then <i>Δ [95% CI], p (adjusted)</i>"
+          " and the verdict.</p>",
+        across_runs_html(rows),
+        "<h2>Every job</h2>",
         table_html(rows),
         "<h2>Protocol</h2><ul class='notes'>",
         *[f"<li>{_code_spans(esc(note))}</li>" for note in protocol_notes(rows)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .aggregate import exploratory_table, notes, primary_table, summarize_models
 from .collect import JobRow
 from .table import STATUS, columns
 
@@ -35,9 +36,11 @@ def grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return groups
 
 
-INTERVALS = ("[a, b] = {confidence:.0%} {method} CI over videos ({resamples} resamples, seed {seed}); Δ = fine-tuned "
-             "minus base, paired by (prompt, seed), with the CI of the mean Δ and a Wilcoxon signed-rank p; "
-             "a CI containing 0 reads \"no significant change\". FVD and IS are set scores: their own CIs, no p.")
+INTERVALS = ("[a, b] = {confidence:.0%} {method} ({n_prompts} prompts); Δ = fine-tuned minus base, paired by "
+             "(prompt, seed), each prompt's seeds averaged, with the t-interval of the mean Δ over prompts and the exact "
+             "sign-flip p; the primary score's verdict is a claim, every other score's is exploratory (BH q). FVD and "
+             "KVD changes come from the detector features, prompts resampled jointly, beside the reference's own "
+             "noise floor.")
 
 
 def protocol_notes(rows: list[JobRow]) -> list[str]:
@@ -51,7 +54,7 @@ def protocol_notes(rows: list[JobRow]) -> list[str]:
             described.append((row.name, f"{p.get('num_videos', '?')} videos of {p.get('frames', '?')} frames at {size} px"))
     for text, jobs in grouped(described).items():
         notes.append(f"{text} ({', '.join(jobs)}); base and fine-tuned use the same prompts and seeds.")
-    boots = [(row.name, row.protocol["bootstrap"]) for row in rows if row.protocol.get("bootstrap")]
+    boots = [(row.name, row.protocol["interval"]) for row in rows if row.protocol.get("interval")]
     for text, jobs in grouped([(name, INTERVALS.format(**b)) for name, b in boots]).items():
         notes.append(f"{text} ({', '.join(jobs)})")
     refused = [(row.name, f"base vs fine-tuned not compared: {row.refused}") for row in rows if row.refused]
@@ -68,13 +71,36 @@ def protocol_notes(rows: list[JobRow]) -> list[str]:
     return notes or ["No job reached evaluation."]
 
 
+def plain_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(md_cell(h) for h in header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(md_cell(c) for c in line) + " |" for line in lines)]
+
+
+def across_runs_markdown(rows: list[JobRow]) -> list[str]:
+    """The headline: the primary endpoint per model over its training runs, then the exploratory scores."""
+    summaries, primary = summarize_models(rows)
+    if not summaries:
+        return []
+    lines = ["", "## Across training runs", ""]
+    header, body = primary_table(summaries, primary)
+    if body:
+        lines += [f"### Primary endpoint: `{primary}`", "", *plain_table(header, body), ""]
+    header, body = exploratory_table(summaries, primary)
+    if body:
+        lines += ["### Exploratory scores", "", *plain_table(header, body), ""]
+    return lines + [f"- {escape_md(note)}" for note in notes(summaries, primary)]
+
+
 def render_markdown(rows: list[JobRow], plots: dict[str, str | None], sweep: dict[str, str] | None = None) -> str:
     """``plots``: title -> file name relative to report.md, or None when there was nothing to plot."""
     ok = sum(r.ok for r in rows)
     lines = ["# Sweep report", "", f"{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."]
     if sweep:
         lines.append("Swept: " + "; ".join(f"`{k}={v}`" for k, v in sweep.items()) + ".")
-    lines += ["", *md_table(rows), "", "Scores read `base [95% CI] → fine-tuned [95% CI]`, then `Δ [95% CI] (% change), p`.", "", "## Protocol", "",
+    lines += across_runs_markdown(rows)
+    lines += ["", "## Every job", "", *md_table(rows), "",
+              "Scores read `base [95% CI] → fine-tuned [95% CI]`, then `Δ [95% CI], p (adjusted)` with the verdict.",
+              "", "## Protocol", "",
               *(f"- {escape_md(note)}" for note in protocol_notes(rows))]
     failed = [row for row in rows if not row.ok]
     if failed:

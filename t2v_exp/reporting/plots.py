@@ -131,6 +131,21 @@ def _errors(scores: list[Score | None]):
     return [low, high]
 
 
+def change_label(delta: dict, before: Score | None, after: Score | None) -> str | None:
+    """The change above a fine-tuned bar, in the unit the tables use: percentage points for accuracies,
+    points for other paired scores, % only for set scores (ratio-scale); "n.s." where the paired test
+    did not call it (the bars' gap can look large whatever the interval says)."""
+    if delta.get("kind") in ("paired", "set_change"):
+        value = delta.get("mean_delta", delta.get("delta"))
+        if value is None:
+            return None
+        text = f"{100 * value:+.0f}pp" if delta.get("unit") == "pp" else f"{value:+.2g}"
+        return text + ("" if delta.get("significant") else " n.s.")
+    change = delta.get("pct_change") if delta else pct_change(before.value if before else None,
+                                                                after.value if after else None)
+    return None if change is None else f"{change:+.0f}%"
+
+
 def metric_bars(rows: list[JobRow], path: Path) -> Path | None:
     jobs = [r for r in rows if r.before or r.after]
     pairs = metric_columns(jobs)
@@ -152,11 +167,8 @@ def metric_bars(rows: list[JobRow], path: Path) -> Path | None:
         bars = ax.bar([p + width / 2 for p in positions], _values(after), width, yerr=_errors(after), capsize=3,
                       label="fine-tuned", color=TUNED_COLOR)
         for bar, row, b, a in zip(bars, jobs, before, after, strict=True):
-            delta = row.deltas.get(metric, {}).get(key) or {}
-            change = delta.get("pct_change") if delta else pct_change(b.value if b else None, a.value if a else None)
-            if change is not None:
-                # "n.s.": the paired CI of the delta contains 0, however large the bars' gap looks.
-                label = f"{change:+.0f}%" + (" n.s." if delta.get("kind") == "paired" and not delta["significant"] else "")
+            label = change_label(row.deltas.get(metric, {}).get(key) or {}, b, a)
+            if label is not None:
                 ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         flagged = any(s is not None and s.indicative_only for s in (*before, *after))

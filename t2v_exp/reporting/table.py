@@ -1,8 +1,8 @@
 """The comparison table, defined once: markdown, HTML and W&B all render these columns.
 
-Per score two cells: ``base [95% CI] → tuned [95% CI]`` and the evaluator's paired delta
-``Δ [95% CI] (%), p`` ("no significant change" when the CI contains 0). FVD from fewer than 256
-videos reads "indicative only" wherever it is shown.
+Per score two cells: ``base [95% CI] → tuned [95% CI]`` and the evaluator's paired change
+``Δ [95% CI], p (adjusted)`` with its verdict (a claim for the primary score, "exploratory" for the
+others). Accuracies change in percentage points; % change only for ratio-scale set scores.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..comparison import verdict
+from ..comparison import change_text, p_text, verdict
 from .collect import JobRow, Score, metric_columns, pct_change
 
 DASH = "–"  # an empty cell: the job never produced the value
@@ -77,12 +77,11 @@ def delta_cell(row: JobRow, metric: str, key: str) -> str:
         before, after = row.before.get(metric, {}).get(key), row.after.get(metric, {}).get(key)
         change = pct_change(before.value if before else None, after.value if after else None)
         return f"({change:+.1f}%)" if change is not None else DASH
-    pct = f" ({delta['pct_change']:+.1f}%)" if delta.get("pct_change") is not None else ""
     if delta.get("kind") == "set":
+        pct = f" ({delta['pct_change']:+.1f}%)" if delta.get("pct_change") is not None else ""
         return f"{signed(delta.get('delta'))}{pct}, {verdict(delta)}"
-    p_value = DASH if delta.get("p_value") is None else f"{delta['p_value']:.3g}"
-    return (f"{signed(delta.get('mean_delta'))} [{signed(delta.get('ci_low'))}, {signed(delta.get('ci_high'))}]"
-            f"{pct}, p={p_value}" + ("" if delta.get("significant") else ", no significant change"))
+    p_value = p_text(delta)
+    return f"{change_text(delta)}" + ("" if p_value == "-" else f", p={p_value}") + f", {verdict(delta)}"
 
 
 def status_text(row: JobRow) -> str:
