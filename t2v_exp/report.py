@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .help import help_text
 from .quiet import quiet_logs
+from .reporting.aggregate import WANDB_COLUMNS, summarize_models, wandb_rows
 from .reporting.collect import JobRow, collect_jobs, sweep_params
 from .reporting.html import render_html
 from .reporting.markdown import render_markdown
@@ -94,7 +95,10 @@ def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path, pl
     try:
         images = {f"report/{Path(path).stem}": wandb.Image(str(path), caption=title)
                   for title, path in (plots or {}).items() if path}
-        run.log({"report/jobs": wandb.Table(columns=header, data=data), **images})
+        summaries, primary = summarize_models(rows)
+        pooled = {"report/across_runs": wandb.Table(columns=WANDB_COLUMNS, data=wandb_rows(summaries))} if summaries else {}
+        run.log({"report/jobs": wandb.Table(columns=header, data=data), **pooled, **images})
+        run.summary.update({"report/primary": primary or "none"})
         run.summary.update({"report/jobs_ok": sum(r.ok for r in rows), "report/jobs_total": len(rows)})
         return str(Path(run.dir).parent)
     finally:

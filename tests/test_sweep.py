@@ -64,8 +64,9 @@ def test_sweeps_and_launchers_compose_without_slurm(overrides, compose_train):
         group = "model" if "model" in params else "experiment"
         swept = params[group].split(",")
         assert all((CONF_DIR / group / f"{name}.yaml").is_file() for name in swept), swept
-        if overrides[0] == "sweep=compare_models_tiny":  # controlled: only the model varies, every family joins
-            assert set(params) == {"model"}
+        if overrides[0] == "sweep=compare_models_tiny":  # controlled: model and training seed vary, every family joins
+            assert set(params) == {"model", "seed"} and len(params["seed"].split(",")) >= 3
+            assert cfg.dataset.seed == 42  # the data, and so the evaluation prompts, do not follow the training seed
             assert set(swept) == {p.stem for p in (CONF_DIR / "model").glob("*_tiny.yaml")}
         if overrides[0] == "sweep=compare_models":  # one seed-study-style preset per real family
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -86,8 +87,9 @@ TINY_SWEEP = ["modelscope_tiny", "cogvideox_tiny", "animatediff_tiny", "cogvideo
 
 def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
     sweep_dir = tmp_path / "sweep"
+    # One training seed here: the pooling over seeds has its own test below.
     result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=6",
-                       "evaluation.num_videos=2")
+                       "evaluation.num_videos=2", "hydra.sweeper.params.seed=1")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert [j.name.split("_", 1)[1] for j in jobs] == [f"{name}_shapes" for name in TINY_SWEEP]
@@ -112,6 +114,38 @@ def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
     assert (sweep_dir / "frame_grid.png").stat().st_size > 0
     for column in ("objective", "s/step", "shapes (vertical_motion)"):
         assert column in report
+
+
+def test_training_runs_pool_per_model_with_holm_across_models(tmp_path):
+    """Two models x two training seeds: the report's headline pools each model's runs (same evaluation
+    prompts and seeds in every run) and Holm-adjusts the primary score across the two models."""
+    from t2v_exp.metrics import stats
+    from t2v_exp.reporting.aggregate import summarize_models
+    from t2v_exp.reporting.collect import collect_jobs
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=4",
+                       "evaluation.num_videos=4", "hydra.sweeper.params.model=modelscope_tiny,ltx_tiny",
+                       "hydra.sweeper.params.seed=1,2", "validation.enabled=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = collect_jobs(sweep_dir)
+    assert sorted((r.model, r.training_seed) for r in rows) == [("ltx_tiny", 1), ("ltx_tiny", 2),
+                                                                ("modelscope_tiny", 1), ("modelscope_tiny", 2)]
+    prompts = {frozenset(r.prompt_deltas[("shapes_oracle", "direction_ok")]) for r in rows}
+    assert len(prompts) == 1 and len(next(iter(prompts))) == 4  # every run scored the same 4 prompts
+    summaries, primary = summarize_models(rows)
+    assert primary == "shapes_oracle/direction_ok" and [s.runs for s in summaries] == [2, 2]
+    pooled = [s.rows[("shapes_oracle", "direction_ok")] for s in summaries]
+    raw = [row["p_value"] for row in pooled]
+    assert [row["adjusted_p"] for row in pooled] == stats.holm(raw)
+    for summary, row in zip(summaries, pooled, strict=True):
+        runs = [r for r in rows if r.model == summary.model]
+        matrix = [[r.prompt_deltas[("shapes_oracle", "direction_ok")][p] for p in sorted(next(iter(prompts)))]
+                  for r in runs]
+        assert row["mean_delta"] == sum(map(sum, matrix)) / 8 and row["runs"] == 2
+    report = (sweep_dir / "report.md").read_text()
+    assert "## Across training runs" in report and "Primary endpoint: `shapes_oracle/direction_ok`" in report
+    assert "2 (seeds 1, 2)" in report and "Exploratory scores" in report and "Holm" in report
 
 
 def test_a_failing_job_leaves_the_others_and_the_report_intact(tmp_path):

@@ -190,3 +190,17 @@ def notes(summaries: list[ModelSummary], primary: str | None) -> list[str]:
     return [RUNS_NOTE.format(method=stats.CROSSED_METHOD),
             PRIMARY_NOTE.format(primary=primary or "none", count=count) if primary else
             "No primary endpoint was declared or found: every score is exploratory."]
+
+
+WANDB_COLUMNS = ["model", "dataset", "runs", "score", "role", "base", "tuned", "change", "ci_low", "ci_high", "unit",
+                 "p", "adjusted p (Holm / BH q)", "verdict"]
+
+
+def wandb_rows(summaries: list[ModelSummary]) -> list[list]:
+    """The pooled table with typed cells, for W&B (numbers stay numbers, so it can sort and chart)."""
+    from ..comparison import verdict
+
+    return [[s.model, s.dataset, s.runs, f"{metric}/{score}", row.get("role"), row.get("base"), row.get("tuned"),
+             row.get("mean_delta"), row.get("ci_low"), row.get("ci_high"), row.get("unit"), row.get("p_value"),
+             row.get("adjusted_p", row.get("q_value")), verdict(row)]
+            for s in summaries for (metric, score), row in s.rows.items()]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..comparison import change_text, p_text, verdict
-from .collect import JobRow, Score, metric_columns, pct_change
+from .collect import JobRow, Score, metric_columns
 
 DASH = "–"  # an empty cell: the job never produced the value
 STATUS = "status"
@@ -69,14 +69,12 @@ def signed(value: float | None) -> str:
 
 
 def delta_cell(row: JobRow, metric: str, key: str) -> str:
-    """The evaluator's delta; failing that, why there is none, or the plain % change of old files."""
+    """The evaluator's change and verdict; failing that, why there is none."""
     delta = row.deltas.get(metric, {}).get(key)
     if delta is None:
         if row.refused and row.after.get(metric, {}).get(key):
             return f"not compared: {row.refused}"
-        before, after = row.before.get(metric, {}).get(key), row.after.get(metric, {}).get(key)
-        change = pct_change(before.value if before else None, after.value if after else None)
-        return f"({change:+.1f}%)" if change is not None else DASH
+        return DASH
     if delta.get("kind") == "set":
         pct = f" ({delta['pct_change']:+.1f}%)" if delta.get("pct_change") is not None else ""
         return f"{signed(delta.get('delta'))}{pct}, {verdict(delta)}"
@@ -119,7 +117,7 @@ def columns(rows: list[JobRow]) -> list[Column]:
 
 
 WANDB_SCORE_FIELDS = ("base", "base ci_low", "base ci_high", "tuned", "tuned ci_low", "tuned ci_high",
-                      "delta", "delta ci_low", "delta ci_high", "p", "% change")
+                      "delta", "delta ci_low", "delta ci_high", "p", "adjusted p", "role", "% change")
 
 
 def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
@@ -137,12 +135,12 @@ def wandb_table(rows: list[JobRow]) -> tuple[list[str], list[list]]:
         for m, k in pairs:
             before, after = r.before.get(m, {}).get(k), r.after.get(m, {}).get(k)
             delta = r.deltas.get(m, {}).get(k) or {}
-            change = delta.get("pct_change")
-            if change is None and not delta:
-                change = pct_change(before.value if before else None, after.value if after else None)
+            # adjusted p: the primary's own p in one run (Holm applies across models: the pooled table),
+            # BH q for the exploratory scores; % change only where the score is ratio-scale.
+            adjusted = _first_number(delta.get("adjusted_p"), delta.get("q_value"))
             line += [*_score_cells(before), *_score_cells(after),
                      _first_number(delta.get("mean_delta"), delta.get("delta")), delta.get("ci_low"), delta.get("ci_high"),
-                     delta.get("p_value"), change]
+                     delta.get("p_value"), adjusted, delta.get("role"), delta.get("pct_change")]
         data.append([*line, r.status, r.error])
     return header, data
 

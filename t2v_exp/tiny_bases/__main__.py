@@ -1,4 +1,5 @@
-"""python -m t2v_exp.tiny_bases record RUN_DIR | record-vae NAME | list (a Markdown table of the committed bases)"""
+"""python -m t2v_exp.tiny_bases record RUN_DIR | record-vae NAME | rescore [BASE ...] | list (a Markdown table
+of the committed bases)"""
 
 from __future__ import annotations
 
@@ -16,8 +17,26 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("run_dir")
     vae = sub.add_parser("record-vae", help="fit a shared tiny VAE afresh and commit it")
     vae.add_argument("name", help="image_vae | cogvideox_vae | wan_vae | ltx_vae")
+    again = sub.add_parser("rescore", help="score committed bases again with today's oracle (weights untouched)")
+    again.add_argument("bases", nargs="*", help="base names (default: every base with oracle scores)")
     sub.add_parser("list", help="the committed tiny bases and their oracle scores")
     args = parser.parse_args(argv)
+    if args.command == "rescore":
+        from .record import rescore
+
+        bases = args.bases or [p.parent.name for p in sorted(BUNDLE_ROOT.glob("*/record.json"))
+                               if "oracle" in json.loads(p.read_text())]
+        done: dict[str, dict] = {}
+        for base in bases:
+            # Bases trained together (AnimateDiff's image UNet and motion module) are one model: score once.
+            model = json.loads((BUNDLE_ROOT / base / "record.json").read_text())["model"]
+            if model in done:
+                _copy_oracle(base, done[model])
+            else:
+                done[model] = rescore(base)
+            scores = done[model]["scores"]
+            print(f"{base}: colour {scores['color_ok']['value']:.2f}, direction {scores['direction_ok']['value']:.2f}")
+        return 0
     if args.command in ("record", "record-vae"):
         from .record import record, record_vae
 
@@ -27,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_table(json.loads(p.read_text()) for p in sorted(BUNDLE_ROOT.glob("*/record.json")))
     return 0
+
+
+def _copy_oracle(base: str, oracle: dict) -> None:
+    path = BUNDLE_ROOT / base / "record.json"
+    record = json.loads(path.read_text())
+    if record["oracle"] != oracle:
+        record["oracle"] = oracle
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def print_table(records) -> None:

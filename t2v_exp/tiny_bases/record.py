@@ -35,19 +35,44 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def oracle_scores(run_dir: Path) -> dict:
-    metrics = run_dir / "eval" / "metrics.json"
+def oracle_scores(run_dir: Path, metrics: Path | None = None) -> dict:
+    metrics = metrics or run_dir / "eval" / "metrics.json"
     if not metrics.is_file():
         raise ConfigError(f"{run_dir} has no eval/metrics.json: pretrain with train.evaluate_at_end=true")
     report = json.loads(metrics.read_text())
     oracle = report.get("summary", {}).get("shapes_oracle")
     if not oracle:
         raise ConfigError(f"{metrics} has no shapes_oracle scores: evaluate with evaluation.metrics=[shapes_oracle]")
-    keep = ("value", "ci_low", "ci_high", "n", "confidence")
-    return {"scores": {name: {k: stat[k] for k in keep} for name, stat in oracle.items()},
+    keep = ("value", "ci_low", "ci_high", "n", "n_prompts", "confidence", "method")
+    return {"scores": {name: {k: stat.get(k) for k in keep} for name, stat in oracle.items()},
             "num_videos": report.get("num_videos"), "seeds_per_prompt": report.get("seeds_per_prompt"),
             "num_inference_steps": report.get("num_inference_steps"), "guidance_scale": report.get("guidance_scale"),
             "split": "validation (clips generated with a held-out seed)"}
+
+
+def rescore(twin: str, out_root: Path = BUNDLE_ROOT, work_dir: Path | None = None) -> dict:
+    """Score a committed base again with today's shapes oracle and intervals, the way its record
+    was scored (held-out clips of its domain, its sampler settings), and rewrite the record's
+    ``oracle`` (weights and digests untouched). Returns the new oracle entry."""
+    import subprocess
+    import sys
+    import tempfile
+
+    path = out_root / twin / "record.json"
+    rec = json.loads(path.read_text())
+    old = rec["oracle"]
+    with tempfile.TemporaryDirectory(prefix=f"rescore_{twin}_", dir=work_dir) as tmp:
+        command = [sys.executable, "-m", "t2v_exp.evaluate", f"model={rec['model']}", f"dataset.domain={rec['domain']}",
+                   "metrics=[shapes_oracle]", f"num_videos={old['num_videos']}", "seeds_per_prompt=1",
+                   f"num_inference_steps={old['num_inference_steps']}", f"guidance_scale={old['guidance_scale']}",
+                   "logger=none", f"hydra.run.dir={tmp}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"rescoring {twin} failed:\n{done.stderr[-3000:]}")
+        rec["oracle"] = {**oracle_scores(Path(tmp), Path(tmp) / "metrics.json"),
+                         "command": " ".join(["python -m t2v_exp.evaluate", *command[3:-2]])}
+    path.write_text(json.dumps(rec, indent=2) + "\n")
+    return rec["oracle"]
 
 
 # model.* keys that name a checkpoint, in the order the family's resolve() returns their directories.
