@@ -102,8 +102,11 @@ def sweep(tmp_path) -> Path:
     return root
 
 
-def markdown_table(text: str) -> list[dict[str, str]]:
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
+def markdown_table(text: str, section: str = "## Every job") -> list[dict[str, str]]:
+    """The first table after ``section``, as one dict per row."""
+    after = text.split(section, 1)[1].split("\n\n|", 1)
+    block = "|" + after[1] if len(after) == 2 else after[0]
+    lines = [line for line in block.split("\n\n")[0].splitlines() if line.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
     return [dict(zip(header, (c.strip() for c in line.strip("|").split(" | ")), strict=True)) for line in lines[1:]]
 
@@ -118,12 +121,15 @@ def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
     assert ms["trainable params (% of base)"] == "22,528 (1.41%)"
     assert ms["peak mem (MB)"] == "322" and ms["final loss"] == "0.25" and ms["wall time"] == "2m 05s"
     assert list(ms)[:2] == ["job", "status"]
-    # base [95% CI] → tuned [95% CI], then the paired delta with its CI, % change and Wilcoxon p
-    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]"
-    assert ms["temporal/temporal_ssim Δ [95% CI]"] == "+0.1 [+0.1, +0.1] (+20.0%), p=0.5"
-    assert ad["temporal/temporal_ssim Δ [95% CI]"] == "-0.1 [-0.1, -0.1] (-25.0%), p=0.5"
-    assert ms["clip_score/clip_score base → tuned"] == "29 [28, 30] → 30 [29, 31]"
-    assert ms["clip_score/clip_score Δ [95% CI]"] == "+1 [-1, +3] (+3.4%), p=1, no significant change"
+    # base [95% CI] → tuned [95% CI] (t over the 2 prompts: 0.5 +- 12.706 * 0.0707 / sqrt 2), then the paired
+    # change with its CI, exact sign-flip p, BH q and the verdict. The primary (auto: clip_score/clip_sim here)
+    # is the claim; SSIM's interval excludes 0 but its p (2 prompts: 0.5) does not: no claim.
+    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [-0.1353, 1.135] → 0.6 [-0.03531, 1.235]"
+    assert ms["temporal/temporal_ssim Δ [95% CI]"] == "+0.1 [+0.1, +0.1], p=0.5, q 1, exploratory: no clear change"
+    assert ad["temporal/temporal_ssim Δ [95% CI]"] == "-0.1 [-0.1, -0.1], p=0.5, q 1, exploratory: no clear change"
+    assert ms["clip_score/clip_score base → tuned"] == "29 [16.29, 41.71] → 30 [17.29, 42.71]"
+    assert ms["clip_score/clip_sim Δ [95% CI]"] == "+0.01 [-0.244, +0.264], p=1, no significant change (primary)"
+    assert "%" not in ms["clip_score/clip_score Δ [95% CI]"]  # bounded scores change in points
     # FVD: a set score with its own CIs, no p-value, flagged below 256 videos
     assert ad["fvd/fvd base → tuned"] == "600 [550, 650] → 450 [400, 500] (indicative only)"
     assert ad["fvd/fvd Δ [95% CI]"] == "-150 (-25.0%), indicative only (under 256 videos)"
@@ -137,7 +143,14 @@ def test_markdown_has_one_row_per_job_with_changes_and_the_failure(sweep):
     assert "second line" not in text.split("## Protocol")[0]
     assert "2 videos of 4 frames at 16×16 px" in text
     assert "`fvd` skipped: I3D weights not found; fix: set metrics.fvd.weights (0_modelscope_tiny_shapes)" in text
-    assert "95% percentile bootstrap CI over videos (1000 resamples, seed 0)" in text
+    assert "95% t-interval over per-prompt means (prompt = unit), 2 prompts" in text
+    # The headline: the primary per model, then the exploratory scores
+    primary = markdown_table(text, "### Primary endpoint: `clip_score/clip_sim`")
+    assert [(r["model"], r["training runs"], r["p (Holm)"]) for r in primary] == [
+        ("modelscope_tiny", "1", "1, Holm 1"), ("animatediff_tiny", "1", "1, Holm 1")]
+    explored = markdown_table(text, "### Exploratory scores")
+    assert {r["score"] for r in explored} >= {"temporal/temporal_ssim", "clip_score/clip_score"}
+    assert all(r["verdict"].startswith("exploratory") for r in explored)
     assert "FVD from fewer than 256 videos is indicative only" in text and "paired by (prompt, seed)" in text
     assert "![Training loss (one panel per objective)](loss_curves.png)" in text
     assert result["jobs"] == 3 and result["ok"] == 2
@@ -154,7 +167,7 @@ def test_a_refused_comparison_is_shown_instead_of_deltas(sweep):
     text = (sweep / "report.md").read_text()
     ms = markdown_table(text)[0]
     assert ms["temporal/temporal_ssim Δ [95% CI]"] == "not compared: differs in num_videos, fvd detector_sha256"
-    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]"
+    assert ms["temporal/temporal_ssim base → tuned"] == "0.5 [-0.1353, 1.135] → 0.6 [-0.03531, 1.235]"
     assert "base vs fine-tuned not compared: differs in num_videos, fvd detector_sha256 (0_modelscope_tiny_shapes)" in text
 
 
@@ -162,7 +175,8 @@ def test_html_table_videos_side_by_side_and_plots(sweep):
     write_report(sweep, log_to_wandb=False)
     page = (sweep / "report.html").read_text()
     assert "<table>" in page and page.count("<tr class='failed'>") == 1
-    assert "0.5 [0.45, 0.55] → 0.6 [0.55, 0.65]" in page and "no significant change" in page
+    assert "0.5 [-0.1353, 1.135] → 0.6 [-0.03531, 1.235]" in page and "no significant change (primary)" in page
+    assert "<h2>Across training runs</h2>" in page and "Exploratory scores" in page
     assert "indicative only" in page
     # Text from job files is escaped, never markup.
     assert "&lt;try 9&gt;" in page and "<try 9>" not in page
@@ -228,10 +242,18 @@ def test_report_logs_a_wandb_table_offline(sweep, monkeypatch):
     table = json.loads(table_file.read_text())
     assert len(table["data"]) == 3
     row = dict(zip(table["columns"], table["data"][0], strict=True))
-    assert row["temporal/temporal_ssim % change"] == pytest.approx(20.0)
-    assert row["temporal/temporal_ssim base ci_low"] == pytest.approx(0.45)
+    assert row["temporal/temporal_ssim % change"] is None  # a bounded score: its change is in points
+    assert row["temporal/temporal_ssim base ci_low"] == pytest.approx(-0.1353, abs=1e-4)
     assert row["temporal/temporal_ssim delta"] == pytest.approx(0.1) and row["temporal/temporal_ssim p"] == 0.5
-    assert row["clip_score/clip_score delta ci_low"] == pytest.approx(-1.0)
+    assert row["temporal/temporal_ssim role"] == "exploratory" and row["temporal/temporal_ssim adjusted p"] == 1.0
+    assert row["clip_score/clip_sim role"] == "primary"
+    # deltas +3 and -1: mean 1, standard error 2, t(0.975, 1) = 12.706
+    assert row["clip_score/clip_score delta ci_low"] == pytest.approx(1.0 - 12.706204736 * 2.0, abs=1e-6)
+    (pooled_file,) = runs[0].glob("files/media/table/report/across_runs_*.table.json")
+    pooled = json.loads(pooled_file.read_text())
+    primary = [dict(zip(pooled["columns"], line, strict=True)) for line in pooled["data"] if line[4] == "primary"]
+    assert [(r["model"], r["score"], r["runs"]) for r in primary] == [
+        ("modelscope_tiny", "clip_score/clip_sim", 1), ("animatediff_tiny", "clip_score/clip_sim", 1)]
     assert row["peak_mem_mb"] == pytest.approx(321.6) and row["status"] == "ok"
 
 

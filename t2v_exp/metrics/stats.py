@@ -269,12 +269,14 @@ def crossed_delta(deltas: np.ndarray, *, confidence: float = DEFAULT_CONFIDENCE)
         df = combined ** 2 / terms if terms > 0 else math.inf
         half = float(student_t.ppf(0.5 + confidence / 2, df)) * math.sqrt(variance) if variance > 0 else 0.0
         low, high = mean - half, mean + half
-    p_value = None
-    if runs >= 2 and prompts >= 2 and variance > 0:
-        p_value = float(2 * student_t.sf(abs(mean) / math.sqrt(variance), df))
+    if runs < 2:  # one run: the single-run comparison's own test on its per-prompt deltas
+        p_value, test = sign_flip_p_value(matrix.reshape(-1))[0], TEST
+    else:
+        p_value = float(2 * student_t.sf(abs(mean) / math.sqrt(variance), df)) if variance > 0 else None
+        test = CROSSED_TEST
     return {"mean_delta": mean, "ci_low": None if math.isnan(low) else low, "ci_high": None if math.isnan(high) else high,
             "p_value": p_value, "df": df, "runs": runs, "n_prompts": prompts, "confidence": confidence,
-            "method": CROSSED_METHOD, "test": CROSSED_TEST}
+            "method": CROSSED_METHOD if runs >= 2 else PAIRED_METHOD, "test": test}
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

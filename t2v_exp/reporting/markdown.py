@@ -36,7 +36,7 @@ def grouped(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
     return groups
 
 
-INTERVALS = ("[a, b] = {confidence:.0%} {method} ({n_prompts} prompts); Δ = fine-tuned minus base, paired by "
+INTERVALS = ("[a, b] = {confidence:.0%} {method}, {n_prompts} prompts; Δ = fine-tuned minus base, paired by "
              "(prompt, seed), each prompt's seeds averaged, with the t-interval of the mean Δ over prompts and the exact "
              "sign-flip p; the primary score's verdict is a claim, every other score's is exploratory (BH q). FVD and "
              "KVD changes come from the detector features, prompts resampled jointly, beside the reference's own "
