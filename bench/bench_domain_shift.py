@@ -29,6 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def readme_table(report: dict) -> str:
+    """The comparison as the README shows it: the primary score first, then the exploratory ones."""
+    from t2v_exp.comparison import change_text, p_text, verdict
+
+    protocol = report["comparison_protocol"]
+    rows = [(f"{m}/{s}", row) for m, scores in report["comparison"].items() for s, row in scores.items()]
+    rows.sort(key=lambda item: item[1].get("role") != "primary")
+    lines = [f"| score ({protocol['n_pairs']} held-out domain-B videos, {protocol['n_prompts']} prompts) | base | "
+             "fine-tuned | change [95% CI] | p (BH q) | verdict |", "|---|---|---|---|---|---|"]
+    for name, row in rows:
+        label = f"**{name}** (primary)" if row.get("role") == "primary" else name
+        lines.append(f"| {label} | {row['base_mean']:.3g} | {row['tuned_mean']:.3g} | {change_text(row)} | "
+                     f"{p_text(row)} | {verdict(row)} |")
+    return "\n".join(lines)
+
+
 def strip_pair(base_video: Path, tuned_video: Path, out: Path) -> None:
     import numpy as np
     from PIL import Image
@@ -92,6 +108,8 @@ def main() -> int:
 
         table = format_comparison(report["comparison"])
         print(table)
+        markdown = readme_table(report)
+        print("\n" + markdown)
         print(f"\nwall time {wall:.0f} s (python -m t2v_exp.train, tiny ModelScope base, LoRA on domain B); "
               f"load average before {load_before[0]:.2f}")
         name = report["videos"][0]["file"]
@@ -104,6 +122,7 @@ def main() -> int:
                         "load_average_before": load_before},
             "strip_prompt": report["videos"][0]["prompt"], "strip_seed": report["videos"][0]["seed"],
             "comparison": report["comparison"], "protocol": report["comparison_protocol"], "table": table,
+            "readme_table": markdown,
         }
         (args.out / "domain_shift.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"Wrote {args.out / 'domain_shift.json'} and {args.out / 'domain_shift_strip.png'}")

@@ -32,14 +32,17 @@ VIDEO_FIELDS = ("num_videos", "frames", "resolution")
 SAMPLER_FIELDS = ("num_inference_steps", "guidance_scale")
 # Metric settings that say where a file is or how fast to compute, not what is computed. The identity
 # of a weight file is its protocol's detector_sha256, so the same file in two places still compares.
+# bootstrap_*: the per-set intervals FVD and IS no longer compute (an older baseline still compares).
 IGNORED_SETTINGS = {"batch_size", "device", "cache_dir", "detector_path", "weights_path", "model",
-                    "expected_sha256", "values_per_chunk", "save_features"}
+                    "expected_sha256", "values_per_chunk", "save_features", "bootstrap_resamples", "bootstrap_seed",
+                    "bootstrap_confidence"}
 # Protocol fields that define a metric's number (a whitelist: result fields such as
 # psnr_capped_pairs differ between models by design and must not block a comparison).
 PROTOCOL_FIELDS = ("detector", "detector_sha256", "detector_resolution", "resize_mode", "interpolation",
                    "frames_per_clip", "frames_per_video", "input_range", "quantize_uint8", "ddof", "feature_dim",
                    "data_range", "psnr_cap_db", "splits", "split_seed", "num_reference_videos",
-                   "detector_call_kwargs", "text_truncation", "aggregation", "ssim", "motion")
+                   "detector_call_kwargs", "text_truncation", "aggregation", "ssim", "motion", "version",
+                   "temporal_fill", "kvd_kernel", "kvd_estimator")
 FVD_RELIABLE_N = 256
 AUTO_PRIMARY = ("shapes_oracle/direction_ok", "clip_score/clip_sim", "fvd/fvd")  # primary=auto: the first present
 PROMPTS_HINT = ("prompts come from prompts=FILE or the dataset's captions: same dataset and split? the synthetic "

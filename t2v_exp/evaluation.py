@@ -81,12 +81,78 @@ def evaluation_plan(settings, dataset=None) -> list[PlannedVideo]:
                          repeat=i % per_prompt, seed=int(settings.seed) + i) for i in range(int(settings.num_videos))]
 
 
-def reference_clips(dataset, count: int, split: str = "validation") -> tuple[torch.Tensor, list[str]]:
-    """The first ``count`` clips of the evaluation split, [N, F, C, H, W] in [-1, 1], and their
-    names (``validation[3]``) for fvd_features.npz."""
-    count = min(count, len(dataset))
-    items = [dataset[i]["video"] for i in tqdm(range(count), desc="reference clips", leave=False)]
-    return torch.stack(items), [f"{split}[{i}]" for i in range(count)]
+def reference_clips(dataset, count: int, split: str = "validation",
+                    indices: list[int] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The evaluation split's clips ``indices`` (default: the first ``count``), [N, F, C, H, W] in
+    [-1, 1], and their names (``validation[3]``) for fvd_features.npz."""
+    indices = list(range(min(count, len(dataset)))) if indices is None else list(indices)
+    items = [dataset[i]["video"] for i in tqdm(indices, desc="reference clips", leave=False)]
+    return torch.stack(items), [f"{split}[{i}]" for i in indices]
+
+
+def reference_selection(dataset, plan: list[PlannedVideo]) -> tuple[list[int], dict[str, Any]]:
+    """Which clips of the split are the reference for FVD/KVD, and a record of how they were chosen.
+
+    The clips whose captions are the plan's prompts, up to as many per prompt as the plan generates
+    of it: the reference then shows the same content, in the same mix, as the generated videos
+    (METRICS.md, FVD). Prompts from a prompts file that match no caption fall back to the split's
+    first len(plan) clips, with a warning in the record: FVD/KVD then also measure the content gap.
+    """
+    from collections import Counter
+
+    wanted = Counter(video.prompt for video in plan)  # insertion order: the plan's prompt order
+    by_caption: dict[str, list[int]] = {}
+    for index, caption in enumerate(dataset.captions() if hasattr(dataset, "captions") else []):
+        by_caption.setdefault(caption, []).append(index)
+    indices = [index for prompt, count in wanted.items() for index in by_caption.get(prompt, [])[:count]]
+    matched = sum(prompt in by_caption for prompt in wanted)
+    record: dict[str, Any] = {"selection": "the split's clips whose captions are the plan's prompts (up to as many "
+                                           "per prompt as videos generated of it)",
+                              "prompts": len(wanted), "prompts_with_clips": matched, "clips": len(indices)}
+    if not indices:
+        indices = list(range(min(len(plan), len(dataset))))
+        record.update(selection=f"the split's first {len(indices)} clips", clips=len(indices), warning=(
+            "no clip of the split has one of the plan's prompts as its caption (prompts=FILE?): the reference is the "
+            "split's first clips, so FVD/KVD also measure how far their content is from the prompts'"))
+    elif matched < len(wanted):
+        record["warning"] = (f"{len(wanted) - matched} of {len(wanted)} prompts have no clip in the split: the "
+                             f"reference shows the other {matched} prompts' content only")
+    if record.get("warning"):
+        log.warning("FVD/KVD reference: %s", record["warning"])
+    return indices, record
+
+
+GENERATED_CODEC = "h264 (libx264) crf 18 yuv420p"  # what sampling.write_videos writes (data.video_io.write_video)
+
+
+def decoded_videos(folder: Path, names: list[str], like: torch.Tensor) -> torch.Tensor:
+    """The written video files decoded again, [N, F, C, H, W] in [-1, 1]: what every metric scores, so
+    generated videos pass through the same H.264 encode/decode as the clips they are compared with and
+    score as the files a reader of the videos folder gets (``evaluate videos=DIR`` gives the same numbers)."""
+    from .sampling import decoded_frames
+
+    frames, height, width = like.shape[1], like.shape[3], like.shape[4]
+    clips = []
+    for name in names:
+        clip = decoded_frames(folder / name)[:, :, :height, :width]  # write_video pads odd sizes to even
+        if clip.shape[0] != frames:
+            raise ValueError(f"{folder / name}: {clip.shape[0]} frames decoded, {frames} written")
+        clips.append(clip)
+    return torch.stack(clips) * 2 - 1
+
+
+def scored_inputs_record(dataset, reference: dict[str, Any] | None) -> dict[str, Any]:
+    """How the scored videos and the FVD/KVD reference came to be, for metrics.json (``scored_inputs``)."""
+    from .data.datasets import ShapesDataset
+
+    if reference is None:
+        codec = f"generated: {GENERATED_CODEC} (no reference clips)"
+    elif isinstance(dataset, ShapesDataset):  # its clips are written by the same write_video
+        codec = f"{GENERATED_CODEC}, both sides"
+    else:
+        codec = f"generated: {GENERATED_CODEC}; reference: the dataset's own files, decoded"
+    return {"generated": f"decoded from the video files written ({GENERATED_CODEC})", "codec": codec,
+            "reference": reference}
 
 
 FOLDER_MAX_SIDE = 512  # scored videos are resized to at most this long side (every metric resizes below it)
@@ -495,10 +561,14 @@ def evaluate_model(model, dataset, settings, out_dir: Path, *, fps: int, autocas
     videos01 = generate_videos(model, prompts, seeds=seeds, num_inference_steps=settings.num_inference_steps,
                                guidance_scale=settings.guidance_scale, autocast=autocast)
     names = write_videos(videos01, prompts, out_dir / "videos", fps, seeds=seeds)
-    reference, reference_names = None, None
-    if ("fvd" in settings.metrics or AUTO in settings.metrics) and dataset is not None:
-        reference, reference_names = reference_clips(dataset, len(plan), settings.split)
-    return score_and_report(out_dir, videos=videos01 * 2 - 1, names=names, video_records=planned_videos(plan, names),
+    videos = decoded_videos(out_dir / "videos", names, videos01)
+    del videos01
+    reference, reference_names, selection = None, None, None
+    if any(name in settings.metrics for name in ("fvd", "kvd", AUTO)) and dataset is not None:
+        indices, selection = reference_selection(dataset, plan)
+        reference, reference_names = reference_clips(dataset, len(indices), settings.split, indices)
+    description = {**(description or {}), "scored_inputs": scored_inputs_record(dataset, selection)}
+    return score_and_report(out_dir, videos=videos, names=names, video_records=planned_videos(plan, names),
                             reference=reference, reference_names=reference_names, settings=settings,
-                            description=description or {}, baseline=baseline, video_dir=out_dir / "videos",
+                            description=description, baseline=baseline, video_dir=out_dir / "videos",
                             tracker=tracker, plan=plan, role=role)

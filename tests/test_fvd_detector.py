@@ -91,19 +91,19 @@ def test_fetched_detector_is_the_default_and_its_record_matches_the_file():
     assert isinstance(detector.module, InceptionI3d) and detector.module.bn_eps == 1e-3
 
 
-def test_fvd_with_the_fetched_detector_reports_ci_features_and_indicative_only():
+def test_fvd_with_the_fetched_detector_reports_kvd_features_and_indicative_only():
     require_fetched_detector()
     generator = torch.Generator().manual_seed(0)
     videos = torch.rand(3, 16, 3, 32, 40, generator=generator) * 2 - 1
     reference = (videos * 0.5).roll(1, dims=-1)
-    settings = {"fvd": {"save_features": True, "bootstrap_resamples": 20}}
+    settings = {"fvd": {"save_features": True}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallSampleWarning)
         entry = compute_metrics(videos, None, reference, metrics=["fvd"], settings=settings)["metrics"]["fvd"]
     assert entry["status"] == "ok", entry
     assert entry["fvd"] > 0 and entry["indicative_only"] is True
     assert any("indicative only" in note for note in entry["warnings"])
-    assert entry["fvd_ci"]["ci_low"] <= entry["fvd_ci"]["ci_high"] and entry["fvd_ci"]["resamples"] == 20
+    assert "fvd_ci" not in entry and entry["kvd_ci"]["ci_low"] < entry["kvd"] < entry["kvd_ci"]["ci_high"]
     assert entry["features"]["generated"].shape == entry["features"]["reference"].shape == (3, 400)
     assert entry["protocol"]["feature_dim"] == 400 and entry["protocol"]["detector_format"] == "t2v_exp"
 

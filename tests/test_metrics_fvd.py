@@ -115,3 +115,60 @@ def test_missing_detector_names_the_setting(tmp_path):
 def test_wrong_checksum_is_refused():
     with pytest.raises(ValueError, match="sha256"):
         load_i3d(settings(expected_sha256="0" * 64))
+
+
+def test_the_entry_has_kvd_with_an_interval_around_it_and_no_per_set_fvd_interval():
+    generated, reference = uint8_videos(5, height=32, width=32, seed=7), uint8_videos(4, height=32, width=32, seed=8)
+    result = fvd(generated, reference, settings())
+    # A percentile bootstrap over videos duplicates them and shifts FVD: its interval could exclude FVD itself.
+    assert "fvd_ci" not in result and not any(key.startswith("bootstrap") for key in vars(settings()))
+    assert result["kvd_ci"]["ci_low"] < result["kvd"] < result["kvd_ci"]["ci_high"]
+    assert result["protocol"]["kvd_kernel"] == "k(x, y) = (x.y / d + 1)^3" and result["protocol"]["ddof"] == 1
+    # The features travel with the entry by default: evaluate saves them for the base-vs-tuned change.
+    assert result["features"]["generated"].shape == (5, 400) and result["features"]["reference"].shape == (4, 400)
+
+
+def test_kvd_of_the_entry_is_the_u_statistic_of_its_features():
+    from t2v_exp.metrics.kvd import kvd_batched
+
+    generated, reference = uint8_videos(4, height=24, width=24, seed=9), uint8_videos(3, height=24, width=24, seed=10)
+    result = fvd(generated, reference, settings())
+    features = {side: torch.from_numpy(rows).double() for side, rows in result["features"].items()}
+    # float32 copies of the float64 features: equal to ~1e-6 relative
+    assert result["kvd"] == pytest.approx(float(kvd_batched(features["generated"], features["reference"])), rel=1e-4)
+
+
+def test_eight_frame_clips_are_stretched_to_sixteen_and_recorded():
+    videos = uint8_videos(2, frames=8, height=32, width=32, seed=11)
+    detector = load_i3d(settings())
+    eight = i3d_features(videos, detector, settings(num_frames=8))
+    doubled = i3d_features(videos.repeat_interleave(2, dim=1), detector, settings())
+    torch.testing.assert_close(eight, doubled)
+    result = fvd(videos, videos.flip(0), settings(num_frames=8))
+    protocol = result["protocol"]
+    assert protocol["frames_per_clip"] == 8 and protocol["detector_frames"] == 16
+    assert "repeated" in protocol["temporal_fill"] and "not with 16-frame FVD" in protocol["temporal_fill"]
+    assert any("not comparable with 16-frame" in note for note in result["warnings"])
+    assert fvd(uint8_videos(2, seed=12, height=32, width=32), uint8_videos(2, seed=13, height=32, width=32),
+               settings())["protocol"]["temporal_fill"] is None
+
+
+def test_fvd_and_kvd_metrics_on_the_same_videos_run_the_detector_once(monkeypatch):
+    import importlib
+
+    from t2v_exp.metrics.suite import MetricsSettings, compute_metrics
+
+    fvd_module = importlib.import_module("t2v_exp.metrics.fvd")  # the package re-exports a function of that name
+    calls = []
+    real = fvd_module.i3d_features
+    monkeypatch.setattr(fvd_module, "i3d_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    videos = uint8_videos(3, height=24, width=24, seed=14).permute(0, 1, 4, 2, 3).float() * (2 / 255) - 1
+    reference = videos.flip(0).contiguous() * 0.5
+    metric_settings = MetricsSettings(fvd=settings())
+    first = compute_metrics(videos, None, reference, metrics=["fvd"], settings=metric_settings)["metrics"]["fvd"]
+    second = compute_metrics(videos, None, reference, metrics=["kvd"], settings=metric_settings)["metrics"]["kvd"]
+    assert first["status"] == second["status"] == "ok", (first, second)
+    assert len(calls) == 2 and second["kvd"] == first["kvd"] and second["kvd_ci"] == first["kvd_ci"]
+    videos.add_(0.0)  # modified in place: its version changes, the features are computed again
+    compute_metrics(videos, None, reference, metrics=["kvd"], settings=metric_settings)
+    assert len(calls) == 4

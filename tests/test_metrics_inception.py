@@ -7,14 +7,15 @@ import torch.nn.functional as F
 
 from t2v_exp.metrics.detectors import MissingWeightsError
 from t2v_exp.metrics.inception_score import (
+    SAMPLES_PER_SCORE,
     InceptionScoreSettings,
     build_inception,
     inception_score,
-    inception_score_ci,
     inception_score_from_probs,
     split_permutation,
+    split_sizes,
+    split_warning,
 )
-from t2v_exp.metrics.stats import bootstrap_indices, percentile_interval
 from tests.test_metrics_fixtures import inception_file
 
 
@@ -71,7 +72,7 @@ def test_loads_local_state_dict_and_scores_frames():
     assert protocol["num_frames_scored"] == 4 and protocol["num_classes"] == 1000
     assert protocol["detector_resolution"] == [299, 299] and protocol["splits"] == 2
     assert protocol["detector_sha256"] == hashlib.sha256(inception_file().read_bytes()).hexdigest()
-    assert "frame-level" in protocol["detector"]
+    assert protocol["detector"] == "IS (torchvision Inception-v3)"
 
 
 def test_missing_weights_name_the_setting(tmp_path):
@@ -230,50 +231,56 @@ def test_aux_head_with_another_class_count_is_refused(tmp_path):
         build_inception(saved(tmp_path, "mixed_heads.pth", shape_only(shapes)))
 
 
-# ----------------------------------------------------------------------------- bootstrap CI over videos
+# ----------------------------------------------------------------------------- no interval; the split-size warning
 
 
-def test_ci_resamples_whole_videos():
-    # Video v shows class v in all its frames; with one split the IS of a resample is
-    # exp(entropy of how often each video was drawn), computable from the drawn indices alone.
-    videos, frames = 12, 3
-    probs = torch.eye(videos).repeat_interleave(frames, dim=0).double()
-    ci = inception_score_ci(probs, videos, splits=1, split_seed=0, resamples=300, seed=4)
-    expected = []
-    for row in bootstrap_indices(videos, 300, 4):
-        share = np.bincount(row, minlength=videos) / videos
-        share = share[share > 0]
-        expected.append(np.exp(-(share * np.log(share)).sum()))
-    low, high = percentile_interval(np.array(expected))
-    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high), rel=1e-9)
-    assert ci["n"] == ci["num_videos"] == videos and ci["resamples"] == 300 and ci["non_finite_resamples"] == 0
+def tiny_model():
+    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 10))
 
 
-def test_ci_contains_the_point_estimate_and_is_reproducible():
-    rng = np.random.default_rng(7)
-    probs = torch.from_numpy(rng.dirichlet(np.full(20, 0.3), size=(40 * 4)))
-    point, _ = inception_score_from_probs(probs, splits=10, seed=0)
-    ci = inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=0)
-    assert ci["ci_low"] < point < ci["ci_high"]
-    assert ci == inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=0)
-    other = inception_score_ci(probs, 40, splits=10, split_seed=0, resamples=200, seed=1)
-    assert (other["ci_low"], other["ci_high"]) != (ci["ci_low"], ci["ci_high"])
-
-
-def test_resamples_too_small_to_split_are_dropped():
-    probs = torch.eye(4).double()  # 4 videos of 1 frame, fewer frames than splits in every resample
-    with pytest.raises(ValueError, match="no resample gave a finite value"):
-        inception_score_ci(probs, 4, splits=10, split_seed=0, resamples=5, seed=0)
-
-
-def test_inception_score_reports_the_ci_over_videos():
-    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 10))
+def test_inception_score_has_no_interval_and_names_itself():
+    # A bootstrap over videos duplicates frames, which lowers IS: its interval sat below its own point.
+    # What is left: mean and std over splits, under the name that says which network it is.
     videos = torch.rand(6, 3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    settings = InceptionScoreSettings(splits=3, bootstrap_resamples=50, bootstrap_seed=3)
-    result = inception_score(videos, settings, model=model)
-    ci = result["inception_score_ci"]
-    assert ci["num_videos"] == 6 and ci["resamples"] == 50 and ci["seed"] == 3 and ci["confidence"] == 0.95
-    assert ci["ci_low"] <= ci["ci_high"]
-    off = inception_score(videos, InceptionScoreSettings(splits=3, bootstrap_resamples=0), model=model)
-    assert off["inception_score_ci"] is None
-    assert off["inception_score_frame"] == result["inception_score_frame"]
+    result = inception_score(videos, InceptionScoreSettings(splits=3), model=tiny_model())
+    assert not any(key.endswith("_ci") for key in result)
+    assert set(result) == {"inception_score_frame", "inception_score_frame_std", "protocol", "warnings"}
+    protocol = result["protocol"]
+    assert protocol["metric"] == protocol["detector"] == "IS (torchvision Inception-v3)"
+    assert "not comparable with published" in protocol["comparable_to"]
+    assert protocol["frames_per_split"] == 6 and 1 <= protocol["videos_per_split"] <= 6
+
+
+def test_split_sizes_follow_the_shuffle():
+    frames, videos, splits = 4, 10, 3
+    order = split_permutation(videos * frames, 0)
+    parts = [order[i * 40 // splits : (i + 1) * 40 // splits] for i in range(splits)]
+    expected = (min(map(len, parts)), min(len(set((p // frames).tolist())) for p in parts))
+    assert split_sizes(videos, frames, splits, 0) == expected == (13, expected[1])
+
+
+def test_splits_too_small_for_the_score_are_warned_about():
+    # 16 videos x 8 frames in 10 splits: ~12 frames per split, a cap the tiny evaluation's IS is near.
+    assert split_warning(score=4.0, frames_per_split=12, videos_per_split=10) is not None
+    assert "at most n" in split_warning(4.0, 12, 10)
+    assert split_warning(score=4.0, frames_per_split=400, videos_per_split=200) is None
+    assert split_warning(score=40.0, frames_per_split=400, videos_per_split=199) is not None  # < 5 x 40
+    videos = torch.rand(4, 2, 3, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    result = inception_score(videos, InceptionScoreSettings(splits=2), model=tiny_model())
+    assert any("split size" in note for note in result["warnings"])
+
+
+def test_the_warning_threshold_is_where_small_splits_bias_the_score():
+    # Confident predictions over C equally likely classes: the large-split IS is C. A split of
+    # n = 5 x C samples scores ~10% under it, one of n = 2 x C ~25% under it: the cap
+    # SAMPLES_PER_SCORE x score is where the split size starts to decide the number.
+    rng = np.random.default_rng(0)
+
+    def mean_split_score(classes, samples):
+        counts = np.stack([np.bincount(rng.integers(0, classes, samples), minlength=classes) for _ in range(300)])
+        share = counts / samples
+        entropy = -np.where(share > 0, share * np.log(np.where(share > 0, share, 1.0)), 0.0).sum(axis=1)
+        return float(np.exp(entropy).mean())
+
+    assert mean_split_score(20, SAMPLES_PER_SCORE * 20) / 20 > 0.85
+    assert mean_split_score(20, 2 * 20) / 20 < 0.8

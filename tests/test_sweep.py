@@ -89,7 +89,8 @@ def test_tiny_comparison_sweep_trains_evaluates_and_reports(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # One training seed here: the pooling over seeds has its own test below.
     result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=6",
-                       "evaluation.num_videos=2", "hydra.sweeper.params.seed=1")
+                       "evaluation.num_videos=2", "hydra.sweeper.params.seed=1",
+                       "evaluation.metrics=[temporal,shapes_oracle]")  # FVD: in the pooled test below (I3D is slow)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
     assert [j.name.split("_", 1)[1] for j in jobs] == [f"{name}_shapes" for name in TINY_SWEEP]
@@ -125,8 +126,8 @@ def test_training_runs_pool_per_model_with_holm_across_models(tmp_path):
 
     sweep_dir = tmp_path / "sweep"
     result = run_sweep("sweep=compare_models_tiny", f"hydra.sweep.dir={sweep_dir}", "train.max_steps=4",
-                       "evaluation.num_videos=4", "hydra.sweeper.params.model=modelscope_tiny,ltx_tiny",
-                       "hydra.sweeper.params.seed=1,2", "validation.enabled=false")
+                       "evaluation.num_videos=4", "hydra.sweeper.params.model='modelscope_tiny,ltx_tiny'",
+                       "hydra.sweeper.params.seed='1,2'", "validation.enabled=false")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = collect_jobs(sweep_dir)
     assert sorted((r.model, r.training_seed) for r in rows) == [("ltx_tiny", 1), ("ltx_tiny", 2),
@@ -146,6 +147,9 @@ def test_training_runs_pool_per_model_with_holm_across_models(tmp_path):
     report = (sweep_dir / "report.md").read_text()
     assert "## Across training runs" in report and "Primary endpoint: `shapes_oracle/direction_ok`" in report
     assert "2 (seeds 1, 2)" in report and "Exploratory scores" in report and "Holm" in report
+    # The sweep scores FVD and KVD too: their paired change per run, pooled, beside the reference's noise floor
+    explored = report.split("### Exploratory scores")[1].split("\n\n")[1]
+    assert "| fvd/fvd |" in explored and "| fvd/kvd |" in explored and "noise floor" in explored
 
 
 def test_a_failing_job_leaves_the_others_and_the_report_intact(tmp_path):

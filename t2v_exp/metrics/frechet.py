@@ -8,8 +8,11 @@ S1^1/2 S2 S1^1/2); round-off leaves tiny imaginary parts and tiny negatives, so 
 real part and clamp at zero. This avoids scipy's sqrtm (slow, and it can return complex
 matrices that need ad-hoc fixing) and agrees with it to ~1e-7 relative.
 
-Covariances use ddof=1 (divide by N - 1), as numpy's `np.cov` does and as the public FVD and
-FID code do; the choice shifts the score by O(1/N), so it is recorded beside every score.
+Covariances use ddof=1 by default (divide by N - 1), as numpy's `np.cov`, TF-GAN (the FVD
+paper's code), torchmetrics and pytorch-fid do; StyleGAN-V's FVD and cd-fvd divide by N (ddof=0),
+whose covariances are smaller by (N - 1)/N, so the score differs by O(1/N). Neither is "the"
+public convention: the divisor is a setting (`metric_settings.fvd.ddof`) and is recorded beside
+every score.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-COVARIANCE_DDOF = 1
+COVARIANCE_DDOF = 1  # N - 1: TF-GAN, torchmetrics, pytorch-fid (StyleGAN-V and cd-fvd: N, ddof=0)
 # FVD with 400-d features is strongly biased at small N (two samples of one distribution give
 # ~1800 at N=64, ~100 at N=2048), so numbers below this are flagged.
 SMALL_SAMPLE_WARNING_BELOW = 256

@@ -15,8 +15,21 @@ pre-softmax logits averaged over time, the FVD embedding. Other files load too
 Whatever the form, an output other than [N, 400] is an error, never a note.
 
 We do the resizing and scaling ourselves (so the resize mode is ours to choose and record).
-The distance is `frechet.frechet_distance` in float64, with a bootstrap CI over videos; N,
-ddof, resize mode, frames per clip, detector name and file sha256 are recorded with every score.
+The distance is `frechet.frechet_distance` in float64; N, ddof, resize mode, frames per clip,
+detector name and file sha256 are recorded with every score.
+
+No interval is attached to FVD itself: a percentile bootstrap over videos resamples with
+replacement, and the duplicated videos raise the statistic, so its interval can exclude its own
+estimate (it contained it in 0 of 30 simulated replicates at N=64, d=400). Instead the entry
+carries KVD on the same features (`kvd.py`: unbiased at any N, with a jackknife interval centred
+on its estimate), and a base-vs-fine-tuned comparison gets the paired change of both from the
+saved features (`set_change.py`). So the entry's scores are `fvd`, `kvd` (+ `kvd_ci`); the metric
+"kvd" alone gives the KVD part, from the same features (computed once when both run on the same
+videos).
+
+Clips shorter than I3D can take (its head pools 2 frames after an 8x temporal stride: 9 frames at
+least) are stretched in time to the protocol's 16 frames by repeating each frame, recorded as
+`temporal_fill`; such scores are comparable only with FVDs of the same num_frames and fill.
 """
 
 from __future__ import annotations
@@ -46,16 +59,17 @@ from .detectors import (
 from .frechet import (
     COVARIANCE_DDOF,
     SMALL_SAMPLE_WARNING_BELOW,
-    feature_statistics,
-    frechet_distance,
     frechet_distance_from_features,
 )
-from .stats import bootstrap_indices, percentile_interval
+from .kvd import kvd as kvd_with_interval
+from .kvd import protocol as kvd_protocol
 
 RESIZE_MODES = ("direct", "short_side_center_crop")
 DETECTOR_FORMATS = ("auto", "t2v_exp", "torchscript", "pytorch_i3d", "videogpt")
 FEATURE_DIM = 400
 SETTING = "metric_settings.fvd.detector_path"
+PROTOCOL_FRAMES = 16  # the FVD paper's clip length
+I3D_MIN_FRAMES = 9  # the head's 2x7x7 "VALID" average pool needs 2 time steps after the 8x temporal stride
 
 
 def _default_call_kwargs() -> dict[str, bool]:
@@ -75,11 +89,10 @@ class FVDSettings:
     call_kwargs: dict[str, bool] = field(default_factory=_default_call_kwargs)  # TorchScript ports only
     batch_size: int = 8
     device: str = "cpu"
-    ddof: int = COVARIANCE_DDOF
-    save_features: bool = False  # also return the [N, 400] features (evaluate writes fvd_features.npz)
-    bootstrap_resamples: int = 200  # CI of FVD over videos (generated and reference resampled); 0: none
-    bootstrap_seed: int = 0
-    bootstrap_confidence: float = 0.95
+    ddof: int = COVARIANCE_DDOF  # covariance divisor N - ddof: 1 as TF-GAN / torchmetrics / pytorch-fid, 0 as StyleGAN-V / cd-fvd
+    # also return the [N, 400] features: evaluate writes them to fvd_features.npz, which the
+    # base-vs-fine-tuned change of FVD/KVD (set_change.py) is computed from
+    save_features: bool = True
 
 
 @dataclass
@@ -208,6 +221,20 @@ def resize_frames(frames: torch.Tensor, resolution: int, mode: str, antialias: b
     return center_crop(frames, resolution)
 
 
+def detector_frames(num_frames: int) -> int:
+    """Frames the detector sees: num_frames, or the protocol's 16 when I3D cannot take that few."""
+    return num_frames if num_frames >= I3D_MIN_FRAMES else PROTOCOL_FRAMES
+
+
+def temporal_fill(num_frames: int) -> str | None:
+    """How short clips are stretched in time for I3D (None: they are not), as recorded in the protocol."""
+    if num_frames >= I3D_MIN_FRAMES:
+        return None
+    return (f"each of the {num_frames} frames repeated in time (nearest neighbour) to {PROTOCOL_FRAMES}: I3D needs "
+            f">= {I3D_MIN_FRAMES} frames; comparable only with FVD/KVD of {num_frames}-frame clips filled the same way, "
+            f"not with {PROTOCOL_FRAMES}-frame FVD")
+
+
 def clips_for_i3d(videos: torch.Tensor, settings: FVDSettings) -> torch.Tensor:
     """[N, F, C, H, W] in [-1, 1] -> I3D input [N, 3, T, R, R] in [-1, 1]."""
     frames = videos.shape[1]
@@ -217,12 +244,17 @@ def clips_for_i3d(videos: torch.Tensor, settings: FVDSettings) -> torch.Tensor:
             f"or set +metric_settings.fvd.num_frames={frames} (scores are then not comparable with 16-frame FVD)"
         )
     clips = videos[:, : settings.num_frames]
+    steps = detector_frames(settings.num_frames)
+    if steps != settings.num_frames:
+        # Repeating each frame keeps the motion's order and direction with no jump, where looping the
+        # clip would show I3D a cut back to the first frame; both sides get the same fill.
+        clips = clips[:, torch.arange(steps) * settings.num_frames // steps]
     if settings.quantize_uint8:
         clips = quantize_like_uint8(clips)
     count = clips.shape[0]
     resized = resize_frames(clips.flatten(0, 1), settings.resolution, settings.resize_mode, settings.antialias)
     resized = gray_to_rgb(resized, channel_dim=1).clamp(-1.0, 1.0)
-    return resized.view(count, settings.num_frames, 3, settings.resolution, settings.resolution).permute(0, 2, 1, 3, 4)
+    return resized.view(count, steps, 3, settings.resolution, settings.resolution).permute(0, 2, 1, 3, 4)
 
 
 @torch.no_grad()
@@ -243,25 +275,80 @@ def i3d_features(videos: Any, detector: LoadedDetector, settings: FVDSettings) -
     return torch.cat(chunks)
 
 
-def fvd_bootstrap(features: torch.Tensor, reference: torch.Tensor, settings: FVDSettings) -> dict[str, Any] | None:
-    """Percentile CI of FVD, resampling generated and reference videos (independently) with replacement."""
-    if settings.bootstrap_resamples <= 0:
-        return None
-    generated_rows = bootstrap_indices(features.shape[0], settings.bootstrap_resamples, settings.bootstrap_seed)
-    reference_rows = bootstrap_indices(reference.shape[0], settings.bootstrap_resamples, settings.bootstrap_seed + 1)
-    values = []
-    for rows, reference_indices in zip(generated_rows, reference_rows, strict=True):
-        # The statistics directly, not frechet_distance_from_features: its small-N warning would
-        # fire once per resample.
-        mean, covariance = feature_statistics(features[torch.from_numpy(rows)], settings.ddof)
-        reference_mean, reference_covariance = feature_statistics(reference[torch.from_numpy(reference_indices)],
-                                                                  settings.ddof)
-        values.append(frechet_distance(mean, covariance, reference_mean, reference_covariance))
-    low, high = percentile_interval(np.array(values), settings.bootstrap_confidence)
-    return {"ci_low": low, "ci_high": high, "resamples": settings.bootstrap_resamples, "seed": settings.bootstrap_seed,
-            "confidence": settings.bootstrap_confidence, "method": "percentile bootstrap over videos "
-            "(generated and reference resampled independently)", "n": int(features.shape[0]),
-            "n_reference": int(reference.shape[0])}
+# The metrics "fvd" and "kvd" each get their own compute_metrics call in an evaluation, on the same
+# tensors: the features of the last (videos, reference, settings) are kept, so I3D runs once. The
+# tensors are held by weak reference and their version counter is checked, so a freed or modified
+# tensor never matches.
+_LAST_FEATURES: dict[str, Any] = {}
+
+
+def _features_key(videos: torch.Tensor, reference: torch.Tensor, settings: FVDSettings) -> tuple:
+    from ..weights import fvd_detector_file
+
+    path = Path(os.path.expanduser(settings.detector_path)) if settings.detector_path else fvd_detector_file()
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a file replaced in place
+    fields = (str(path), stamp, settings.detector_format, settings.expected_sha256, settings.num_frames,
+              settings.resolution, settings.resize_mode, settings.antialias, settings.quantize_uint8,
+              tuple(sorted(settings.call_kwargs.items())), settings.device)
+    return (videos._version, tuple(videos.shape), reference._version, tuple(reference.shape), fields)
+
+
+def features_for(videos: torch.Tensor, reference: torch.Tensor, settings: FVDSettings,
+                 detector: LoadedDetector | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(generated features, reference features, detector record), reusing the last call's for the same
+    inputs. A detector passed in is always run (the memo knows detectors only by their settings)."""
+    import weakref
+
+    if detector is not None:
+        return i3d_features(videos, detector, settings), i3d_features(reference, detector, settings), detector.record
+    key = _features_key(videos, reference, settings)
+    last = _LAST_FEATURES
+    if last and last["key"] == key and last["videos"]() is videos and last["reference"]() is reference:
+        return last["features"], last["reference_features"], last["record"]
+    detector = load_i3d(settings)
+    features, reference_features = i3d_features(videos, detector, settings), i3d_features(reference, detector, settings)
+    _LAST_FEATURES.clear()
+    _LAST_FEATURES.update(key=key, videos=weakref.ref(videos), reference=weakref.ref(reference), features=features,
+                          reference_features=reference_features, record=detector.record)
+    return features, reference_features, detector.record
+
+
+def input_protocol(videos: torch.Tensor, settings: FVDSettings, record: dict[str, Any]) -> dict[str, Any]:
+    """What decides the detector features (shared by the fvd and kvd entries)."""
+    return {
+        "frames_per_clip": settings.num_frames,
+        "detector_frames": detector_frames(settings.num_frames),
+        "temporal_fill": temporal_fill(settings.num_frames),
+        "source_resolution": [int(videos.shape[3]), int(videos.shape[4])],
+        "detector_resolution": [settings.resolution, settings.resolution],
+        "resize_mode": settings.resize_mode,
+        "interpolation": f"bilinear (antialias={settings.antialias})",
+        "input_range": "[-1, 1]",
+        "quantize_uint8": settings.quantize_uint8,
+        "feature_dim": FEATURE_DIM,
+        **record,
+    }
+
+
+def input_warnings(settings: FVDSettings) -> list[str]:
+    if settings.num_frames >= PROTOCOL_FRAMES:
+        return []
+    fill = f", each frame repeated to {PROTOCOL_FRAMES} for I3D" if temporal_fill(settings.num_frames) else ""
+    return [f"FVD/KVD from {settings.num_frames}-frame clips{fill}: not comparable with {PROTOCOL_FRAMES}-frame "
+            "FVD (published numbers), only with runs of the same num_frames"]
+
+
+def kvd_entry(videos: Any, reference_videos: Any, settings: FVDSettings | None = None,
+              detector: LoadedDetector | None = None, prompts: list[str] | None = None) -> dict[str, Any]:
+    """KVD alone (the metric "kvd"): the FVD detector's features, the same input protocol."""
+    settings = settings or FVDSettings()
+    videos, reference_videos = as_float_videos(videos), as_float_videos(reference_videos)
+    features, reference_features, record = features_for(videos, reference_videos, settings, detector)
+    result = kvd_with_interval(features, reference_features, groups=prompts)
+    protocol = {"num_videos": int(features.shape[0]), "num_reference_videos": int(reference_features.shape[0]),
+                **input_protocol(videos, settings, record), **kvd_protocol()}
+    return {"kvd": result["kvd"], "kvd_ci": result["kvd_ci"], "protocol": protocol,
+            "warnings": input_warnings(settings) + result["warnings"]}
 
 
 def fvd(
@@ -269,40 +356,37 @@ def fvd(
     reference_videos: Any,
     settings: FVDSettings | None = None,
     detector: LoadedDetector | None = None,
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """FVD between generated and reference videos. Pass `detector` to reuse a loaded one."""
+    """FVD (and KVD on the same features) between generated and reference videos. Pass `detector` to
+    reuse a loaded one; `prompts` (one per generated video) lets KVD treat a prompt's seeds as one unit."""
     settings = settings or FVDSettings()
     videos = as_float_videos(videos)
     reference_videos = as_float_videos(reference_videos)
-    detector = detector or load_i3d(settings)
-    features = i3d_features(videos, detector, settings)
-    reference_features = i3d_features(reference_videos, detector, settings)
+    features, reference_features, record = features_for(videos, reference_videos, settings, detector)
     distance = frechet_distance_from_features(features, reference_features, settings.ddof)
+    kernel = kvd_with_interval(features, reference_features, groups=prompts)
     smallest = min(distance["num_samples"], distance["num_reference_samples"])
     indicative = smallest < SMALL_SAMPLE_WARNING_BELOW
     result: dict[str, Any] = {
         "fvd": distance["distance"],
-        "fvd_ci": fvd_bootstrap(features, reference_features, settings),
+        "kvd": kernel["kvd"],
+        "kvd_ci": kernel["kvd_ci"],
         "indicative_only": indicative,
         "protocol": {
             "num_videos": distance["num_samples"],
             "num_reference_videos": distance["num_reference_samples"],
-            "frames_per_clip": settings.num_frames,
-            "source_resolution": [int(videos.shape[3]), int(videos.shape[4])],
-            "detector_resolution": [settings.resolution, settings.resolution],
-            "resize_mode": settings.resize_mode,
-            "interpolation": f"bilinear (antialias={settings.antialias})",
-            "input_range": "[-1, 1]",
-            "quantize_uint8": settings.quantize_uint8,
+            **input_protocol(videos, settings, record),
             "feature_dim": distance["feature_dim"],
             "ddof": distance["ddof"],
-            **detector.record,
+            **kvd_protocol(),
         },
-        "warnings": list(distance["warnings"]),
+        "warnings": list(distance["warnings"]) + input_warnings(settings) + kernel["warnings"],
     }
     if indicative:
         result["warnings"].append(f"indicative only: FVD from {smallest} videos "
-                                  f"(< {SMALL_SAMPLE_WARNING_BELOW}) is dominated by its small-sample bias")
+                                  f"(< {SMALL_SAMPLE_WARNING_BELOW}) is dominated by its small-sample bias; "
+                                  "KVD (unbiased) and its interval are the small-N reading")
     if settings.save_features:
         result["features"] = {"generated": features.numpy().astype(np.float32),
                               "reference": reference_features.numpy().astype(np.float32)}

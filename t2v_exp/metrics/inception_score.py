@@ -1,12 +1,26 @@
-"""Frame-level Inception Score: Inception-v3 applied to every frame as if it were an image.
+"""IS (torchvision Inception-v3): a frame-level Inception Score, Inception-v3 applied to every frame.
 
-This is NOT the "video IS" of the video-GAN literature (C3D trained on UCF-101, applied to
-whole clips); numbers from the two are not comparable, hence the explicit name.
+Named "IS (torchvision Inception-v3)" wherever it is shown or recorded, because it is comparable
+with nothing published:
+- The Inception Score of the literature (Salimans et al. 2016, and torch-fidelity) runs the 2015
+  TensorFlow Inception graph (1008 classes, TF1 resize, (x - 128) / 128); torchvision's 1000-class
+  Inception-v3 is another network and gives other numbers.
+- It is NOT the "video IS" of the video-GAN literature (C3D trained on UCF-101, applied to whole
+  clips) either.
 
 Protocol: frames resized to 299x299, p = softmax(logits); samples shuffled with a fixed seed
 and cut into `splits` parts; each part scores exp(mean_i KL(p_i || mean p)); we report the
-mean and (population) std over parts, as the original implementation did. A percentile-
-bootstrap CI over videos (whole videos resampled, all their frames together) travels with it.
+mean and (population) std over parts, as the original implementation did. No interval: a
+bootstrap over videos duplicates frames, which lowers a set statistic like IS, so its interval
+sat below its own estimate; the std over splits is the spread there is.
+
+A split of n samples cannot score above n (IS is exp of the mutual information between sample
+and label, and the sample index carries at most log n), and well before that it is biased low:
+with confident predictions the score of a split is ~10% under its large-sample value once the
+split holds fewer than ~5x the score's samples, ~25% under at 2x and ~45% at 1x (a multinomial
+simulation, tests/test_metrics_inception.py). Frames of one video are near duplicates, so the samples that count are the
+distinct videos in a split. The entry warns when a split has fewer than SAMPLES_PER_SCORE x the
+score of them: the score then measures the split size as much as the model.
 
 Only torchvision's Inception-v3 (1000 ImageNet classes) is accepted. The FID Inception of
 pytorch-fid / torch-fidelity (TensorFlow's 2015-12-05 graph, 1008 classes) has the same key
@@ -22,7 +36,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,9 +47,14 @@ from .detectors import (
     require_weight_file,
     weight_file_record,
 )
-from .stats import bootstrap_statistic
 
-DETECTOR_NAME = "torchvision inception_v3 (frame-level IS)"
+METRIC_NAME = "IS (torchvision Inception-v3)"
+DETECTOR_NAME = METRIC_NAME  # what the protocol records as the detector: the name says which network
+NOT_COMPARABLE = ("not comparable with published Inception Scores (2015 TF Inception graph, 1008 classes) nor with "
+                  "the C3D video IS")
+# A split's score is ~10% under its large-sample value once the split holds fewer than ~5x the
+# score's samples (confident predictions, multinomial simulation): warn below that.
+SAMPLES_PER_SCORE = 5
 INPUT_SIZE = 299
 IMAGENET_CLASSES = 1000
 # TensorFlow's inception-2015-12-05 graph (the FID Inception) has 1008 outputs: 1000 ImageNet
@@ -55,8 +73,6 @@ class InceptionScoreSettings:
     device: str = "cpu"
     antialias: bool = True  # bilinear resize to 299 with antialiasing (matters when downscaling)
     quantize_uint8: bool = True  # score frames as their saved uint8 version would be
-    bootstrap_resamples: int = 200  # CI over videos; cheap once the probabilities exist; 0 turns it off
-    bootstrap_seed: int = 0
 
 
 def split_permutation(count: int, seed: int) -> torch.Tensor:
@@ -297,32 +313,27 @@ def inception_probs(videos: torch.Tensor, model: torch.nn.Module, settings: Ince
     return torch.cat(chunks)
 
 
-def inception_score_ci(
-    probs: torch.Tensor, num_videos: int, splits: int, split_seed: int, resamples: int, seed: int
-) -> dict[str, Any]:
-    """Percentile-bootstrap CI of the IS mean over videos, from frame probabilities [N * F, K].
+def split_sizes(num_videos: int, frames_per_video: int, splits: int, seed: int) -> tuple[int, int]:
+    """(fewest frames, fewest distinct videos) in a split, for the shuffle inception_score_from_probs uses."""
+    count = num_videos * frames_per_video
+    order = split_permutation(count, seed)
+    parts = [order[index * count // splits : (index + 1) * count // splits] for index in range(splits)]
+    return min(len(part) for part in parts), min(len(set((part // frames_per_video).tolist())) for part in parts)
 
-    Frames of one video are correlated, so the unit resampled is the video: a resample draws N
-    videos with replacement and scores all their frames (split shuffle seed unchanged). A
-    resample with fewer frames than splits cannot be scored and is dropped (returned as nan).
-    """
-    if probs.shape[0] % num_videos:
-        raise ValueError(f"{probs.shape[0]} frame probabilities do not split evenly into {num_videos} videos")
-    per_video = probs.reshape(num_videos, -1, probs.shape[1])
 
-    def resampled_score(video_indices: np.ndarray) -> float:
-        frames = per_video[torch.from_numpy(video_indices)].flatten(0, 1)
-        if frames.shape[0] < splits:
-            return float("nan")
-        return inception_score_from_probs(frames, splits, split_seed)[0]
-
-    interval = bootstrap_statistic(resampled_score, num_videos, resamples=resamples, seed=seed)
-    return {**interval, "num_videos": num_videos, "resampled_unit": "video (all its frames together)",
-            "statistic": "inception_score_frame (mean over splits)", "split_seed": split_seed}
+def split_warning(score: float, frames_per_split: int, videos_per_split: int) -> str | None:
+    """A warning when the splits are too small for the score to tell models apart (module doc)."""
+    if videos_per_split >= SAMPLES_PER_SCORE * score:
+        return None
+    return (f"{METRIC_NAME} {score:.3g} from splits of {frames_per_split} frames of at least {videos_per_split} "
+            f"distinct videos: a split of n samples scores at most n and is biased low once n < "
+            f"{SAMPLES_PER_SCORE}x the score, so this number reflects the split size as much as the model; "
+            f"score more videos (>= {int(SAMPLES_PER_SCORE * score + 1)} distinct videos per split) "
+            f"or fewer metric_settings.inception_score.splits")
 
 
 def inception_score(videos: Any, settings: InceptionScoreSettings | None = None, model=None) -> dict[str, Any]:
-    """Frame-level IS of a batch of videos. Pass `model` to reuse a loaded network."""
+    """IS (torchvision Inception-v3) of a batch of videos, frame level. Pass `model` to reuse a loaded network."""
     settings = settings or InceptionScoreSettings()
     videos = as_float_videos(videos)
     if model is None:
@@ -331,20 +342,20 @@ def inception_score(videos: Any, settings: InceptionScoreSettings | None = None,
         record = {"detector": DETECTOR_NAME, "detector_file": None, "detector_sha256": None}
     probs = inception_probs(videos, model, settings)
     mean, std = inception_score_from_probs(probs, settings.splits, settings.seed)
-    count = int(videos.shape[0])
-    interval = None
-    if settings.bootstrap_resamples > 0:
-        interval = inception_score_ci(
-            probs, count, settings.splits, settings.seed, settings.bootstrap_resamples, settings.bootstrap_seed
-        )
+    count, frames = int(videos.shape[0]), int(videos.shape[1])
+    frames_per_split, videos_per_split = split_sizes(count, frames, settings.splits, settings.seed)
+    warning = split_warning(mean, frames_per_split, videos_per_split)
     return {
         "inception_score_frame": mean,
         "inception_score_frame_std": std,
-        "inception_score_ci": interval,
         "protocol": {
+            "metric": METRIC_NAME,
+            "comparable_to": NOT_COMPARABLE,
             "num_videos": count,
-            "frames_per_video": int(videos.shape[1]),
+            "frames_per_video": frames,
             "num_frames_scored": int(probs.shape[0]),
+            "frames_per_split": frames_per_split,
+            "videos_per_split": videos_per_split,
             "source_resolution": [int(videos.shape[3]), int(videos.shape[4])],
             "detector_resolution": [INPUT_SIZE, INPUT_SIZE],
             "resize_mode": f"direct bilinear (antialias={settings.antialias})",
@@ -355,4 +366,5 @@ def inception_score(videos: Any, settings: InceptionScoreSettings | None = None,
             "num_classes": int(probs.shape[1]),
             **record,
         },
+        "warnings": [warning] if warning else [],
     }

@@ -139,7 +139,9 @@ def paired_intervals(deltas: np.ndarray, binary: bool | np.ndarray, confidence: 
     if np.any(constant):
         exact_low, exact_high = constant_delta_interval(deltas[..., 0], count, confidence)
         low, high = np.where(constant, exact_low, low), np.where(constant, exact_high, high)
-    return low, high
+    # A change of a 0/1 score lies in [-1, 1]: a t-interval reaching past that says nothing more.
+    bounded = np.asarray(binary)
+    return np.where(bounded, np.maximum(low, -1.0), low), np.where(bounded, np.minimum(high, 1.0), high)
 
 
 @functools.lru_cache(maxsize=EXACT_FLIPS_UP_TO + 1)

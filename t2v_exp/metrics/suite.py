@@ -18,7 +18,7 @@ from typing import Any
 
 from .clip_score import ClipScoreSettings, clip_score
 from .detectors import MissingWeightsError, as_float_videos
-from .fvd import FVDSettings, fvd
+from .fvd import FVDSettings, fvd, kvd_entry
 from .inception_score import InceptionScoreSettings, inception_score
 from .temporal import TemporalSettings, temporal_scores
 from .vbench import VBenchSettings, background_consistency, temporal_flickering
@@ -26,7 +26,8 @@ from .vbench import VBenchSettings, background_consistency, temporal_flickering
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = (
-    "clip_score", "fvd", "inception_score", "temporal", "shapes_oracle", "temporal_flickering", "background_consistency",
+    "clip_score", "fvd", "kvd", "inception_score", "temporal", "shapes_oracle", "temporal_flickering",
+    "background_consistency",
 )
 DEFAULT_METRICS = ("clip_score", "fvd", "inception_score", "temporal")
 
@@ -36,7 +37,7 @@ class MetricsSettings:
     """One section per metric; the config key of a field is `metrics.<section>.<field>`."""
 
     clip_score: ClipScoreSettings = field(default_factory=ClipScoreSettings)
-    fvd: FVDSettings = field(default_factory=FVDSettings)
+    fvd: FVDSettings = field(default_factory=FVDSettings)  # also kvd's: same detector, same features
     inception_score: InceptionScoreSettings = field(default_factory=InceptionScoreSettings)
     temporal: TemporalSettings = field(default_factory=TemporalSettings)
     vbench: VBenchSettings = field(default_factory=VBenchSettings)  # temporal_flickering, background_consistency
@@ -87,14 +88,26 @@ def _run_clip_score(videos, prompts, reference_videos, settings: MetricsSettings
     return clip_score(videos, list(prompts), settings.clip_score)
 
 
-def _run_fvd(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
+def _require_reference(reference_videos, what: str) -> None:
     if reference_videos is None:
         raise MetricSkipped(
-            "FVD needs reference videos and none were given",
+            f"{what} needs reference videos and none were given",
             "evaluate videos=DIR: add reference=DIR_OF_REAL_CLIPS; from Python: pass reference_videos=[N, F, C, H, W] "
             "to compute_metrics",
         )
-    return fvd(videos, reference_videos, settings.fvd)
+
+
+def _run_fvd(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
+    # The fvd entry carries KVD too (scores fvd, kvd, kvd_ci): the I3D features are the costly part.
+    # Prompts make a prompt's seeds one unit of KVD's interval.
+    _require_reference(reference_videos, "FVD")
+    return fvd(videos, reference_videos, settings.fvd, prompts=None if prompts is None else list(prompts))
+
+
+def _run_kvd(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
+    # KVD on its own, under metric_settings.fvd; beside fvd on the same videos the features are reused.
+    _require_reference(reference_videos, "KVD")
+    return kvd_entry(videos, reference_videos, settings.fvd, prompts=None if prompts is None else list(prompts))
 
 
 def _run_inception_score(videos, prompts, reference_videos, settings: MetricsSettings) -> dict[str, Any]:
@@ -129,6 +142,7 @@ def _run_background_consistency(videos, prompts, reference_videos, settings: Met
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "clip_score": _run_clip_score,
     "fvd": _run_fvd,
+    "kvd": _run_kvd,
     "inception_score": _run_inception_score,
     "temporal": _run_temporal,
     "shapes_oracle": _run_shapes_oracle,

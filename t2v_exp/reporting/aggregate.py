@@ -66,6 +66,8 @@ def pooled_paired(rows: list[JobRow], metric: str, score: str) -> dict[str, Any]
         # Every run and prompt moved the same way: the interval a constant 0/1 outcome supports.
         low, high = stats.constant_delta_interval(float(matrix.flat[0]), len(prompts))
         row.update(ci_low=float(low), ci_high=float(high), method="exact (every prompt's delta is the same)")
+    elif binary and row["ci_low"] is not None:  # a change of a 0/1 score lies in [-1, 1]
+        row.update(ci_low=max(row["ci_low"], -1.0), ci_high=min(row["ci_high"], 1.0))
     return {"kind": "runs", **row, "unit": "pp" if binary else "points",
             "base": _mean_score(rows, "before", metric, score), "tuned": _mean_score(rows, "after", metric, score)}
 
