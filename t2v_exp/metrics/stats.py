@@ -60,22 +60,6 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
-def bootstrap_indices(count: int, resamples: int, seed: int = DEFAULT_SEED) -> np.ndarray:
-    """[resamples, count] indices drawn with replacement from a seeded generator (for resampling
-    whole units, e.g. prompts, in the set metrics' paired change)."""
-    if count < 1 or resamples < 1:
-        raise ValueError(f"bootstrap needs count >= 1 and resamples >= 1, got {count} and {resamples}")
-    return np.random.default_rng(seed).integers(0, count, size=(resamples, count))
-
-
-def percentile_interval(samples: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
-    """The central ``confidence`` interval of resampled values (percentile method)."""
-    _check_confidence(confidence)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
 def group_means(values: np.ndarray, groups: Sequence[Any] | None) -> np.ndarray:
     """Mean of each group's values, in order of first appearance (None: every value its own group)."""
     if groups is None:
@@ -310,9 +294,3 @@ def decide(row: dict[str, Any], adjusted_p: float | None, *, alpha: float = DEFA
         return False
     return adjusted_p < alpha and not (low <= 0.0 <= high)
 
-
-def bootstrap_statistic(statistic, count: int, *, resamples: int = 1000, confidence: float = DEFAULT_CONFIDENCE,
-                        seed: int = DEFAULT_SEED) -> dict[str, Any]:  # TEMPORARY: removed with IS's per-set CI
-    values = np.array([statistic(rows) for rows in bootstrap_indices(count, resamples, seed)])
-    low, high = percentile_interval(values[np.isfinite(values)], confidence)
-    return {"ci_low": low, "ci_high": high, "n": count, "resamples": resamples, "seed": seed}
