@@ -183,6 +183,8 @@ def mean_with_ci(values: Sequence[float] | np.ndarray, groups: Sequence[Any] | N
         # most (m / c)^n likely, a mean m > c at most ((1 - m) / (1 - c))^n.
         edge = (1.0 - confidence) ** (1.0 / units.size)
         low, high = edge * units[0], 1.0 - edge * (1.0 - units[0])
+    elif is_binary(array) and not math.isnan(low):  # an accuracy lies in [0, 1]
+        low, high = max(low, 0.0), min(high, 1.0)
     return {"mean": float(units.mean()), "ci_low": None if math.isnan(low) else low,
             "ci_high": None if math.isnan(high) else high, **_record(confidence, units.size, array.size, METHOD)}
 
