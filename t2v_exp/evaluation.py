@@ -126,9 +126,8 @@ GENERATED_CODEC = "h264 (libx264) crf 18 yuv420p"  # what sampling.write_videos 
 
 
 def decoded_videos(folder: Path, names: list[str], like: torch.Tensor) -> torch.Tensor:
-    """The written video files decoded again, [N, F, C, H, W] in [-1, 1]: what every metric scores, so
-    generated videos pass through the same H.264 encode/decode as the clips they are compared with and
-    score as the files a reader of the videos folder gets (``evaluate videos=DIR`` gives the same numbers)."""
+    """The written video files decoded again, [N, F, C, H, W] in [-1, 1]: what FVD and KVD score, so
+    generated videos pass through the same H.264 encode/decode as the reference clips they are set against."""
     from .sampling import decoded_frames
 
     frames, height, width = like.shape[1], like.shape[3], like.shape[4]
@@ -151,8 +150,8 @@ def scored_inputs_record(dataset, reference: dict[str, Any] | None) -> dict[str,
         codec = f"{GENERATED_CODEC}, both sides"
     else:
         codec = f"generated: {GENERATED_CODEC}; reference: the dataset's own files, decoded"
-    return {"generated": f"decoded from the video files written ({GENERATED_CODEC})", "codec": codec,
-            "reference": reference}
+    return {"generated": "FVD / KVD: decoded from the video files written; the other metrics: the generated frames",
+            "codec": codec, "reference": reference}
 
 
 FOLDER_MAX_SIDE = 512  # scored videos are resized to at most this long side (every metric resizes below it)
@@ -309,14 +308,19 @@ def check_plan_against_baseline(baseline: str | Path, settings, plan: list[Plann
 
 
 # -- scoring ---------------------------------------------------------------------------------------
-def run_metrics(names: list[str], videos, prompts, reference, settings
+DETECTOR_METRICS = ("fvd", "kvd")  # compared with reference clips: they score the decoded files (see evaluate_model)
+
+
+def run_metrics(names: list[str], videos, prompts, reference, settings, detector_videos=None
                 ) -> tuple[dict[str, dict], dict[str, dict[str, list]]]:
     """Each metric's entry and its own per-video columns (one compute_metrics call per metric, so a
-    column is never attributed to the wrong metric and equal column names cannot collide)."""
+    column is never attributed to the wrong metric and equal column names cannot collide).
+    ``detector_videos``: what FVD and KVD score instead of ``videos`` (the files as decoded)."""
     metric_settings = effective_metric_settings(settings)
     entries, columns = {}, {}
     for name in names:
-        result = compute_metrics(videos, prompts, reference, metrics=[name], settings=metric_settings)
+        scored = detector_videos if detector_videos is not None and name in DETECTOR_METRICS else videos
+        result = compute_metrics(scored, prompts, reference, metrics=[name], settings=metric_settings)
         entries[name] = result["metrics"][name]
         columns[name] = {k: v for k, v in result["per_video"].items() if k not in ("video_index", "prompt")}
     return entries, columns
@@ -410,8 +414,10 @@ def problems(report: dict) -> list[dict[str, str]]:
 def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], video_records: list[dict],
                      reference: torch.Tensor | None, reference_names: list[str] | None, settings,
                      description: dict, baseline: str | None, video_dir: Path, tracker=None,
-                     plan: list[PlannedVideo] | None = None, role: str = "eval") -> dict:
-    """videos: [N, F, C, H, W] in [-1, 1], in the order of ``names`` / ``video_records``.
+                     plan: list[PlannedVideo] | None = None, role: str = "eval",
+                     detector_videos: torch.Tensor | None = None) -> dict:
+    """videos: [N, F, C, H, W] in [-1, 1], in the order of ``names`` / ``video_records``;
+    ``detector_videos`` (same layout): what FVD / KVD score instead, when given.
 
     Writes metrics.json and per_video.csv into ``out_dir``. A baseline that is not comparable is
     recorded as ``comparison_refused`` (the caller decides whether that is fatal).
@@ -425,7 +431,7 @@ def score_and_report(out_dir: Path, *, videos: torch.Tensor, names: list[str], v
     if left_out:
         log.info("metrics=auto: scoring %s; left out: %s", ", ".join(names_to_run),
                  "; ".join(f"{k} ({v})" for k, v in left_out.items() if not v.startswith("opt-in")) or "-")
-    entries, columns = run_metrics(names_to_run, videos, prompts, reference, settings)
+    entries, columns = run_metrics(names_to_run, videos, prompts, reference, settings, detector_videos)
     entrypoint_hints(entries, prompts, str(description.get("settings_prefix") or ""))
     if "fvd" in entries:
         write_fvd_features(entries["fvd"], out_dir, names, reference_names)
@@ -561,14 +567,16 @@ def evaluate_model(model, dataset, settings, out_dir: Path, *, fps: int, autocas
     videos01 = generate_videos(model, prompts, seeds=seeds, num_inference_steps=settings.num_inference_steps,
                                guidance_scale=settings.guidance_scale, autocast=autocast)
     names = write_videos(videos01, prompts, out_dir / "videos", fps, seeds=seeds)
-    videos = decoded_videos(out_dir / "videos", names, videos01)
-    del videos01
-    reference, reference_names, selection = None, None, None
+    reference, reference_names, selection, decoded = None, None, None, None
     if any(name in settings.metrics for name in ("fvd", "kvd", AUTO)) and dataset is not None:
         indices, selection = reference_selection(dataset, plan)
         reference, reference_names = reference_clips(dataset, len(indices), settings.split, indices)
+        # FVD / KVD set the generated videos beside reference clips that went through H.264: the
+        # generated side goes through the same encode/decode. The other metrics score the frames the
+        # model made (temporal SSIM of the model, not of the codec).
+        decoded = decoded_videos(out_dir / "videos", names, videos01)
     description = {**(description or {}), "scored_inputs": scored_inputs_record(dataset, selection)}
-    return score_and_report(out_dir, videos=videos, names=names, video_records=planned_videos(plan, names),
+    return score_and_report(out_dir, videos=videos01 * 2 - 1, names=names, video_records=planned_videos(plan, names),
                             reference=reference, reference_names=reference_names, settings=settings,
                             description=description, baseline=baseline, video_dir=out_dir / "videos",
-                            tracker=tracker, plan=plan, role=role)
+                            tracker=tracker, plan=plan, role=role, detector_videos=decoded)
