@@ -293,7 +293,7 @@ def set_rows(base: dict, tuned: dict, metric: str, count: int) -> dict[str, dict
         changes = set_metric_changes(base, tuned) or {}
         if changes:
             return {metric: {score: {"kind": "set_change", **row, "unit": "points",
-                                     "pct_change": _pct(row["base"], row["tuned"]) if metric in RATIO_SCALE else None}
+                                     "pct_change": pct_change(row["base"], row["tuned"]) if metric in RATIO_SCALE else None}
                              for score, row in changes.items()}}
     base_entry, tuned_entry = base["metrics"][metric], tuned["metrics"][metric]
     rows = {}
@@ -302,14 +302,17 @@ def set_rows(base: dict, tuned: dict, metric: str, count: int) -> dict[str, dict
             continue
         before, after = float(base_entry[score]), float(tuned_entry[score])
         rows[score] = {"kind": "set", "base": before, "tuned": after, "delta": after - before,
-                       "pct_change": _pct(before, after) if metric in RATIO_SCALE else None,
+                       "pct_change": pct_change(before, after) if metric in RATIO_SCALE else None,
                        "indicative_only": indicative_only(metric, base_entry) or indicative_only(metric, tuned_entry),
                        "n": count}
     return {metric: rows} if rows else {}
 
 
-def _pct(before: float, after: float) -> float | None:
-    return None if before == 0 else 100.0 * (after - before) / abs(before)
+def pct_change(before: float | None, after: float | None) -> float | None:
+    """% change of a ratio-scale score; None where it is undefined."""
+    if before is None or after is None or before == 0:
+        return None
+    return 100.0 * (after - before) / abs(before)
 
 
 # -- printing --------------------------------------------------------------------------------------

@@ -200,3 +200,11 @@ def test_mean_with_ci_is_over_prompts():
     row = stats.mean_with_ci(values, ["a", "a", "a", "b"])  # prompt a: 0, prompt b: 1
     assert row["mean"] == 0.5 and row["n_prompts"] == 2
     assert stats.mean_with_ci([1.0])["ci_low"] is None  # one prompt: no interval
+
+
+def test_crossed_delta_of_a_binary_score_never_claims_zero_width_or_leaves_its_range():
+    unchanged = stats.crossed_delta(np.zeros((3, 16)), binary=True)
+    assert (unchanged["ci_low"], unchanged["ci_high"]) == pytest.approx((-(1 - 0.05 ** (1 / 16)), 1 - 0.05 ** (1 / 16)))
+    wide = stats.crossed_delta(np.array([[1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 1.0]]), binary=True)
+    assert -1.0 <= wide["ci_low"] and wide["ci_high"] <= 1.0
+    assert stats.crossed_delta(np.zeros((3, 16)))["ci_low"] == 0.0  # a continuous score: no such rule

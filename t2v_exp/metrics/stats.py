@@ -225,14 +225,16 @@ def paired_delta(base: Sequence[float] | np.ndarray, tuned: Sequence[float] | np
     }
 
 
-def crossed_delta(deltas: np.ndarray, *, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
+def crossed_delta(deltas: np.ndarray, *, binary: bool = False, confidence: float = DEFAULT_CONFIDENCE
+                  ) -> dict[str, Any]:
     """Mean delta over R training runs x P prompts (``deltas[r, p]``: run r's per-prompt mean delta).
 
     Model: d[r, p] = mu + run_r + prompt_p + e[r, p], all effects random. The grand mean's variance
     is var(run)/R + var(prompt)/P + var(e)/(RP) = (MS_run + MS_prompt - MS_e) / (RP) from the
     two-way ANOVA mean squares, with Satterthwaite's degrees of freedom. Runs that differ widen
     the interval (a t over prompts of run-averaged deltas would not see them); with one run it is
-    the prompt-level t-interval.
+    the prompt-level t-interval. ``binary`` (a 0/1 score): as in `paired_intervals`, the exact
+    interval where every delta is the same, and the interval kept within [-1, 1].
     """
     from scipy.stats import t as student_t
 
@@ -262,9 +264,15 @@ def crossed_delta(deltas: np.ndarray, *, confidence: float = DEFAULT_CONFIDENCE)
     else:
         p_value = float(2 * student_t.sf(abs(mean) / math.sqrt(variance), df)) if variance > 0 else None
         test = CROSSED_TEST
+    method = CROSSED_METHOD if runs >= 2 else PAIRED_METHOD
+    if binary and prompts >= 2 and np.ptp(matrix) == 0.0:  # every run and prompt moved the same way
+        low, high = (float(x) for x in constant_delta_interval(float(matrix.flat[0]), prompts, confidence))
+        method = "exact (every prompt's delta is the same)"
+    elif binary and not math.isnan(low):
+        low, high = max(low, -1.0), min(high, 1.0)
     return {"mean_delta": mean, "ci_low": None if math.isnan(low) else low, "ci_high": None if math.isnan(high) else high,
             "p_value": p_value, "df": df, "runs": runs, "n_prompts": prompts, "confidence": confidence,
-            "method": CROSSED_METHOD if runs >= 2 else PAIRED_METHOD, "test": test}
+            "method": method, "test": test}
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..comparison import change_text, p_text, verdict
 from ..metrics import stats
 from .collect import JobRow
 
@@ -61,13 +62,7 @@ def pooled_paired(rows: list[JobRow], metric: str, score: str) -> dict[str, Any]
         return None
     matrix = np.array([[t[p] for p in prompts] for t in tables])
     binary = all((metric, score) in r.binary for r in rows)
-    row = stats.crossed_delta(matrix)
-    if np.ptp(matrix) == 0.0 and binary and len(prompts) >= 2:
-        # Every run and prompt moved the same way: the interval a constant 0/1 outcome supports.
-        low, high = stats.constant_delta_interval(float(matrix.flat[0]), len(prompts))
-        row.update(ci_low=float(low), ci_high=float(high), method="exact (every prompt's delta is the same)")
-    elif binary and row["ci_low"] is not None:  # a change of a 0/1 score lies in [-1, 1]
-        row.update(ci_low=max(row["ci_low"], -1.0), ci_high=min(row["ci_high"], 1.0))
+    row = stats.crossed_delta(matrix, binary=binary)
     return {"kind": "runs", **row, "unit": "pp" if binary else "points",
             "base": _mean_score(rows, "before", metric, score), "tuned": _mean_score(rows, "after", metric, score)}
 
@@ -148,8 +143,6 @@ def _base_tuned(row: dict[str, Any]) -> str:
 
 def primary_table(summaries: list[ModelSummary], primary: str | None) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of the primary endpoint's table: one line per model."""
-    from ..comparison import change_text, p_text, verdict
-
     header = ["model", "dataset", "training runs", "base → fine-tuned", "change [95% CI]", "p (Holm)", "verdict"]
     key = _split(primary)
     lines = []
@@ -164,8 +157,6 @@ def primary_table(summaries: list[ModelSummary], primary: str | None) -> tuple[l
 
 def exploratory_table(summaries: list[ModelSummary], primary: str | None) -> tuple[list[str], list[list[str]]]:
     """Every other score, one line per (model, score), with BH q-values: exploratory."""
-    from ..comparison import change_text, p_text, verdict
-
     header = ["model", "score", "base → fine-tuned", "change [95% CI]", "p (BH q)", "verdict"]
     lines = []
     for s in summaries:
@@ -200,8 +191,6 @@ WANDB_COLUMNS = ["model", "dataset", "runs", "score", "role", "base", "tuned", "
 
 def wandb_rows(summaries: list[ModelSummary]) -> list[list]:
     """The pooled table with typed cells, for W&B (numbers stay numbers, so it can sort and chart)."""
-    from ..comparison import verdict
-
     return [[s.model, s.dataset, s.runs, f"{metric}/{score}", row.get("role"), row.get("base"), row.get("tuned"),
              row.get("mean_delta"), row.get("ci_low"), row.get("ci_high"), row.get("unit"), row.get("p_value"),
              row.get("adjusted_p", row.get("q_value")), verdict(row)]

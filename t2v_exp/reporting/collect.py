@@ -372,12 +372,6 @@ def sweep_params(sweep_dir: Path) -> dict[str, str]:
         return {}
 
 
-def pct_change(before: float | None, after: float | None) -> float | None:
-    if before is None or after is None or before == 0:
-        return None
-    return 100.0 * (after - before) / abs(before)
-
-
 def prompt_label(file_name: str) -> str:
     """``003_a_red_circle_seed3.mp4`` -> ``a red circle (seed 3)`` (the evaluator names files
     index_prompt-slug_seed)."""
