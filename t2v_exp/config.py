@@ -504,6 +504,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     _at_least("train.max_nonfinite_in_a_row", cfg.train.max_nonfinite_in_a_row, 1, 5)
     _finite_at_least("train.max_grad_norm", cfg.train.max_grad_norm, 0.0, 1.0, "0 disables clipping")
     _at_least("validation.num_videos", cfg.validation.num_videos, 0, 2, "0: no validation videos")
+    validate_primary("evaluation.primary", cfg.evaluation.primary)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         raise ConfigError(f"seed={cfg.seed} must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (numpy's seed range), "
                           f"e.g. seed=42")
@@ -525,6 +526,17 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
         raise ConfigError("precision=fp16 needs a CUDA GPU; on the CPU use precision=fp32 or precision=bf16")
 
 
+def validate_primary(key: str, value: str) -> None:
+    """``evaluation.primary``: auto or metric/score of a known metric. A typo would otherwise leave the
+    comparison without a primary and every score merely exploratory, silently."""
+    from .metrics.suite import METRIC_NAMES
+
+    metric, _, score = str(value).partition("/")
+    if value != "auto" and (metric not in METRIC_NAMES or not score):
+        raise ConfigError(f"{key}={value} must be auto or <metric>/<score> with a metric of {list(METRIC_NAMES)}, "
+                          f"e.g. {key}=shapes_oracle/direction_ok or {key}=clip_score/clip_sim")
+
+
 def validate_eval(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     """The subset of :func:`validate` that applies to generation-only evaluation."""
     import torch
@@ -533,6 +545,7 @@ def validate_eval(cfg: DictConfig, *, cuda_available: bool | None = None) -> Non
         cuda_available = torch.cuda.is_available()
     _positive("num_videos", cfg.num_videos, 8)
     _positive("num_inference_steps", cfg.num_inference_steps, 25)
+    validate_primary("primary", cfg.primary)
     from .metrics.suite import METRIC_NAMES
 
     unknown = [m for m in cfg.metrics if m not in METRIC_NAMES]

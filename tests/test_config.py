@@ -241,3 +241,15 @@ def test_no_validation_videos_trains_and_exports(compose_train, tmp_path):
                                           "dataset.num_videos=4"], tmp_path), tmp_path)
     assert summary["finished"] and (tmp_path / "final" / "pytorch_lora_weights.safetensors").is_file()
     assert not (tmp_path / "samples").exists()
+
+
+@pytest.mark.parametrize("primary", ["direction_ok", "shapes/direction_ok", "shapes_oracle/"])
+def test_a_bad_primary_endpoint_is_refused_before_anything_loads(compose_train, tmp_path, primary):
+    cfg = compose_train([f"evaluation.primary={primary}"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"evaluation.primary=.* must be auto or <metric>/<score>"):
+        validate(cfg, cuda_available=False)
+
+
+def test_the_documented_primary_endpoints_pass(compose_train, tmp_path):
+    for primary in ("auto", "shapes_oracle/direction_ok", "clip_score/clip_sim", "fvd/fvd"):
+        validate(compose_train([f"evaluation.primary={primary}"], run_dir=tmp_path), cuda_available=False)
