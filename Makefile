@@ -34,7 +34,7 @@ sweep: install ## the model comparison + report (SWEEP=compare_models on GPUs; d
 	$(PY) -m t2v_exp.train sweep=$(SWEEP) $(ARGS)
 
 test: install ## the fast test suite (what CI runs)
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --timeout=600 --durations=25
 
 test-full: install ## every test, slow end-to-end ones included (GPU tests skip without CUDA)
 	$(PY) -m pytest -q

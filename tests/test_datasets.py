@@ -13,6 +13,7 @@ from t2v_exp.data.bad_data import TooManyBadSamplesError
 from t2v_exp.data.folder import VideoFolderDataset
 from t2v_exp.data.public_sets import MSRVTTDataset, SSv2Dataset, UBCFashionDataset, choose_subset
 from t2v_exp.data.sources import DatasetLayoutError, Sample
+from t2v_exp.engine.batches import WORKER_START
 
 from .conftest import CONF_DIR
 from .data_fixtures import (
@@ -100,7 +101,7 @@ def test_dataloader_with_workers(tmp_path):
     write_sidecar_folder(tmp_path, count=4)
     ds = VideoFolderDataset(root=str(tmp_path), **GEOMETRY)
     ds.set_epoch(2)
-    loader = DataLoader(ds, batch_size=2, num_workers=2)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=WORKER_START)
     batches = list(loader)
     assert len(batches) == 2 and batches[0]["video"].shape == (2, 4, 3, 32, 32)
     assert torch.equal(batches[1]["video"][0], ds[2]["video"])

@@ -206,5 +206,5 @@ def test_crossed_delta_of_a_binary_score_never_claims_zero_width_or_leaves_its_r
     unchanged = stats.crossed_delta(np.zeros((3, 16)), binary=True)
     assert (unchanged["ci_low"], unchanged["ci_high"]) == pytest.approx((-(1 - 0.05 ** (1 / 16)), 1 - 0.05 ** (1 / 16)))
     wide = stats.crossed_delta(np.array([[1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 1.0]]), binary=True)
-    assert -1.0 <= wide["ci_low"] and wide["ci_high"] <= 1.0
+    assert wide["ci_low"] >= -1.0 and wide["ci_high"] <= 1.0
     assert stats.crossed_delta(np.zeros((3, 16)))["ci_low"] == 0.0  # a continuous score: no such rule

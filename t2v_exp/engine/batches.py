@@ -60,6 +60,13 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
+# Workers start from a clean server process, not by forking the trainer: a fork copies every lock
+# held by another thread at that instant (W&B's service threads, the decoder's and OpenMP's pools)
+# and a worker that then takes one waits forever. Seen as a silent hang in CI; Python 3.14 made
+# the same choice its default.
+WORKER_START = "forkserver"
+
+
 class BatchStream:
     """Endless iterator over batches that walks epochs in a fixed order; ``position`` says how far it got."""
 
@@ -109,7 +116,8 @@ class BatchStream:
         start = self.position
         positions = (position for position, _ in self.plan(start))
         loader = iter(DataLoader(EpochItems(self.dataset), batch_sampler=BatchPlan(self, start),
-                                 num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory))
+                                 num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
+                                 multiprocessing_context=WORKER_START if self.num_workers else None))
         for position in positions:
             try:
                 batch = next(loader)
