@@ -29,9 +29,8 @@ model, cache, steps, cache_dir, run_dir = sys.argv[1], sys.argv[2], int(sys.argv
 cfg = compose_job_config([f"model={model}", f"dataset.cache={cache}", "logger=none", "validation.enabled=false",
                           f"train.max_steps={steps + 5}", "dataset.num_videos=16", f"paths.cache_dir={cache_dir}"],
                          run_dir)
-trainer = Trainer(cfg, Path(run_dir))
+trainer = Trainer.from_config(cfg, Path(run_dir))
 started = time.perf_counter()
-trainer.setup()
 setup_s = time.perf_counter() - started
 batches = iter(trainer.batches)
 for _ in range(3):  # warm-up

@@ -198,7 +198,7 @@ def model_flops(case: dict, model_cfg, lora: bool) -> tuple[float | None, str | 
     """FLOPs of one forward+backward on the meta device: shapes only, no memory, no recomputation."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from t2v_exp.engine.trainer import sample_generators
+    from t2v_exp.engine.randomness import sample_generators
 
     try:
         adapter = make_adapter(case, model_cfg, build_denoiser(case, lora, "meta"), lora)
@@ -226,28 +226,28 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 
 # -- the two sides -------------------------------------------------------------------------------------
 class EngineStep:
-    """``Trainer.train_step`` on a prebuilt model: ``setup()`` would load checkpoints, VAE and text
-    encoder from disk, so the attributes it sets are wired here instead, and batches carry
-    ``latents`` (the engine's latent-cache path) with the text embeddings served by ``cache``."""
+    """``Trainer.train_step`` on a prebuilt model, built from ready parts exactly as a test would:
+    loading checkpoints, VAE and text encoder from disk is skipped, and batches carry ``latents``
+    (the engine's latent-cache path) with the text embeddings served by ``cache``."""
 
     def __init__(self, cfg, adapter, accelerator, latents, embeds, run_dir):
         from t2v_exp.engine.batches import DataPosition
-        from t2v_exp.engine.checkpoint import TrainState
         from t2v_exp.engine.optim import build_lr_scheduler
-        from t2v_exp.engine.trainer import StepSettings, Trainer
+        from t2v_exp.engine.resume import Restored
+        from t2v_exp.engine.setup import TrainingParts
+        from t2v_exp.engine.trainer import Trainer
 
-        trainer = Trainer(cfg, run_dir)
-        trainer.settings = StepSettings.from_config(cfg)
-        trainer.accelerator, trainer.model, trainer.is_main = accelerator, adapter, True
-        trainer.weight_dtype = latents.dtype
         optimizer = torch.optim.AdamW(adapter.trainable_parameters(), lr=float(cfg.optimizer.lr),
                                       betas=tuple(cfg.optimizer.betas), eps=float(cfg.optimizer.eps),
                                       weight_decay=float(cfg.optimizer.weight_decay))
-        trainer.lr_scheduler = build_lr_scheduler(optimizer, schedule="constant", warmup_steps=0, max_steps=10**6)
-        adapter.denoiser, trainer.optimizer = accelerator.prepare(adapter.denoiser, optimizer)
-        trainer.trainable = adapter.trainable_parameters()
-        trainer.state, trainer.batches = TrainState(), SimpleNamespace(position=DataPosition())
-        trainer.cache = SimpleNamespace(embeds=lambda prompts: embeds)
+        adapter.denoiser, prepared = accelerator.prepare(adapter.denoiser, optimizer)
+        parts = TrainingParts(
+            accelerator=accelerator, model=adapter, dataset=None, optimizer=prepared,
+            lr_scheduler=build_lr_scheduler(optimizer, schedule="constant", warmup_steps=0, max_steps=10**6),
+            batches=SimpleNamespace(position=DataPosition()), tracker=SimpleNamespace(run=None),
+            weight_dtype=latents.dtype, fingerprint={}, flat_settings={}, restored=Restored(),
+            cache=SimpleNamespace(embeds=lambda prompts: embeds))
+        trainer = Trainer(cfg, run_dir, parts)
         batch = {"latents": latents, "prompt": [""] * latents.shape[0], "key": [f"k{i}" for i in range(latents.shape[0])]}
         self.trainer, self.batches, self.raw_optimizer = trainer, itertools.repeat(batch), optimizer
 
@@ -297,7 +297,7 @@ def reset_peak(device: torch.device) -> None:
 def run_config(name, case, mode, checkpointing, args, device, flops_cache) -> dict:
     from accelerate import Accelerator
 
-    from t2v_exp.engine.trainer import reset_single_process_accelerate_state
+    from t2v_exp.engine.setup import reset_single_process_accelerate_state
     from t2v_exp.models.common import place_components
 
     lora = mode == "lora"

@@ -120,8 +120,7 @@ class TrainingSide:
     def __init__(self, overrides: list[str], run_dir: Path, steps_per_block: int):
         from t2v_exp.engine.trainer import Trainer
 
-        self.trainer = Trainer(compose_train(overrides, run_dir), run_dir)
-        self.trainer.setup()
+        self.trainer = Trainer.from_config(compose_train(overrides, run_dir), run_dir)
         self.steps = steps_per_block
         self.block()  # warm-up
 

@@ -5,7 +5,7 @@ same tiny checkpoint (same directories on disk), with the same in-memory random 
 (``bench.common.InMemoryClips``: no decoding, so only the loop differs), batch size, fp32,
 seed, LoRA settings, AdamW settings, gradient clipping and warmup+cosine LR schedule:
 
-- engine: ``Trainer(cfg).setup()`` then ``Trainer.train_step`` (logger=none, validation off,
+- engine: ``Trainer.from_config(cfg, run_dir)`` then ``Trainer.train_step`` (logger=none, validation off,
   no checkpoints); everything per step that the engine does (per-sample generators, caption
   dropout, encoding, accelerate accumulate/autocast, clipping, non-finite checks, metrics dict);
 - minimal: ``bench/minimal_loop.py`` (~50 lines of accelerate + diffusers + peft).
@@ -71,8 +71,7 @@ class EngineSide:
     def __init__(self, cfg, run_dir: Path):
         from t2v_exp.engine.trainer import Trainer
 
-        self.trainer = Trainer(cfg, run_dir)
-        self.trainer.setup()
+        self.trainer = Trainer.from_config(cfg, run_dir)
         self.batches = iter(self.trainer.batches)
         self.last_loss = None
 
@@ -92,7 +91,8 @@ def engine_only_costs(engine: EngineSide) -> dict:
     """Per-call cost (µs, best of 5) of what the engine does per step and the minimal loop does not,
     read off ``Trainer.train_step`` / ``_micro_step`` / ``_apply_update``; the last entry is what a
     DictConfig read costs, which the engine no longer does per step (``StepSettings``)."""
-    from t2v_exp.engine.trainer import apply_caption_dropout, peak_memory_mb, sample_generators
+    from t2v_exp.engine.randomness import apply_caption_dropout, sample_generators
+    from t2v_exp.engine.trainer import peak_memory_mb
     from t2v_exp.models.objectives import sample_noise
 
     trainer, model = engine.trainer, engine.trainer.model

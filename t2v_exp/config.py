@@ -401,6 +401,13 @@ def validate_export_formats(model) -> None:
                           f"use model.finetune=lora or model.export_formats='[diffusers]'")
 
 
+def mixed_precision_dtype(mixed_precision: str):
+    """The torch dtype of frozen weights and autocast for precision.mixed_precision (no | fp16 | bf16)."""
+    import torch  # deferred: reading and checking a config must not cost a torch import
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+
+
 def enum_value(value):
     """A structured config's enum field as its plain string (other values unchanged)."""
     return getattr(value, "value", value)
@@ -559,7 +566,7 @@ def validate_eval(cfg: DictConfig, *, cuda_available: bool | None = None) -> Non
 
 
 def resolve_device(device: Device | str, cuda_available: bool) -> str:
-    device = str(getattr(device, "value", device))
+    device = str(enum_value(device))
     if device == "auto":
         return "cuda" if cuda_available else "cpu"
     return device

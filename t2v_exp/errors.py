@@ -29,3 +29,9 @@ def require_multiple(key: str, value: int, multiple: int, why: str) -> None:
             f"{key}={value} must be a positive multiple of {multiple} ({why}); nearest valid: "
             f"{nearest_multiples(value, multiple)}"
         )
+
+
+# What every entrypoint prints as one line, without a traceback: errors the user can fix, a
+# missing file, and ValueErrors that library code raises on bad input (a prompt file, a geometry)
+# with a message naming what to change.
+USER_ERRORS = (UserError, FileNotFoundError, ValueError)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import config as config_schema
 from .config import register_configs
 from .engine.batches import instantiate_dataset
-from .errors import CheckpointError, ConfigError
+from .errors import USER_ERRORS
 from .evaluation import (
     AUTO,
     check_plan_against_baseline,
@@ -31,13 +31,11 @@ from .evaluation import (
     problems,
     score_and_report,
 )
-from .models.common import CheckpointNotAvailableError
 from .quiet import quiet_logs
 from .runs import adopt_run_config, autocast_for, device_and_precision, load_model
 
 log = logging.getLogger("t2v_exp.evaluate")
 DEFAULT_EVAL_GROUP = "eval"  # evaluate.yaml's logger.group
-USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotAvailableError, FileNotFoundError, ValueError)
 
 register_configs()
 

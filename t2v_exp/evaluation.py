@@ -580,3 +580,33 @@ def evaluate_model(model, dataset, settings, out_dir: Path, *, fps: int, autocas
                             reference=reference, reference_names=reference_names, settings=settings,
                             description=description, baseline=baseline, video_dir=out_dir / "videos",
                             tracker=tracker, plan=plan, role=role, detector_videos=decoded)
+
+
+def evaluate_in_training(cfg, run_dir: Path, model, *, step: int, base: bool, autocast, tracker) -> dict:
+    """Score the model into ``<run>/eval`` (fine-tuned, paired with ``eval_base`` when it exists) or
+    ``<run>/eval_base`` (before any step: LoRA is still a no-op, full weights untouched).
+
+    Never fails the run for its numbers: a skipped metric or a refused comparison (eval and
+    eval_base not comparable) is recorded in metrics.json and logged, and training goes on.
+    """
+    from .engine.batches import instantiate_dataset
+
+    settings = cfg.evaluation
+    out_dir = run_dir / ("eval_base" if base else "eval")
+    baseline = run_dir / "eval_base"
+    dataset = instantiate_dataset(cfg.dataset, split=settings.split, report_dir=str(run_dir))
+    description = {"mode": "model" if base else "run_dir", "model": cfg.model.name, "dataset": cfg.dataset.name,
+                   "finetuned": not base, "step": step,
+                   "settings_prefix": "evaluation."}  # fixes name +evaluation.metric_settings...
+    report = evaluate_model(
+        model, dataset, settings, out_dir, fps=cfg.model.fps, autocast=autocast, description=description,
+        tracker=tracker, role="eval_base" if base else "eval",
+        baseline=str(baseline) if not base and (baseline / "metrics.json").is_file() else None,
+    )
+    for missing in problems(report):
+        log.warning("%s: %s %s (%s; fix: %s)", out_dir.name, missing["metric"], missing["status"],
+                    missing["reason"], missing["fix"])
+    if report.get("comparison_refused"):
+        log.error("%s\n(recorded in %s; training goes on and the fine-tuned weights are kept)",
+                  report["comparison_refused"]["message"], out_dir / "metrics.json")
+    return report

@@ -16,12 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from .config import register_configs
-from .errors import CheckpointError, ConfigError
-from .models.common import CheckpointNotAvailableError
+from .errors import USER_ERRORS, ConfigError
 from .quiet import quiet_logs
 
 log = logging.getLogger("t2v_exp.generate")
-USER_ERRORS = (ConfigError, CheckpointError, CheckpointNotAvailableError, FileNotFoundError, ValueError)
 
 register_configs()
 

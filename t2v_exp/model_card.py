@@ -135,10 +135,11 @@ def write_sample_strip(final_dir: Path, samples_root: Path) -> bool:
 
 
 def write_model_card(final_dir: Path, cfg, *, model, steps: int, eval_report: dict | None, samples_root: Path) -> Path:
+    from .models.spec import spec_for  # the models package (torch) only once a card is written
+
     family_module = type(model).__module__
-    default_license = getattr(__import__(family_module, fromlist=["BASE_LICENSE"]), "BASE_LICENSE", "other")
-    roots = getattr(model, "root", None)
-    license_name = base_license(roots if isinstance(roots, str | os.PathLike) else None, default_license)
+    roots = model.roots  # one directory, or several (AnimateDiff): then no single card to read
+    license_name = base_license(roots if isinstance(roots, str | os.PathLike) else None, spec_for(model).base_license)
     has_strip = write_sample_strip(final_dir, samples_root)
     path = final_dir / "README.md"
     path.write_text(card_text(cfg, family_module=family_module, license_name=license_name, steps=steps,
@@ -162,3 +163,13 @@ def push_to_hub(final_dir: Path, repo_id: str | None) -> str:
         return (f"not uploaded ({type(exc).__name__}: {str(exc)[:200]}); upload later with "
                 f"`hf upload {repo_id} {final_dir}`")
     return f"uploaded {final_dir} to https://huggingface.co/{repo_id}"
+
+
+def publish(final_dir: Path, cfg, *, model, steps: int, eval_report: dict | None, samples_root: Path) -> Path:
+    """The model card beside the exported weights; the upload when push_to_hub=true."""
+    card = write_model_card(final_dir, cfg, model=model, steps=steps, eval_report=eval_report,
+                            samples_root=samples_root)
+    log.info("Model card: %s", card)
+    if cfg.push_to_hub:
+        log.info("push_to_hub: %s", push_to_hub(final_dir, cfg.hub_repo_id))
+    return card

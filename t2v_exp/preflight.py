@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from .config import enum_value
 from .errors import ConfigError
 
 log = logging.getLogger("t2v_exp.preflight")
@@ -189,7 +190,7 @@ class Estimate:
 def memory_estimate(cfg, counts: dict, activation_bytes: float, *, checkpointing: bool) -> Estimate:
     """GPU memory of one training step: ``counts`` holds parameter counts (denoiser total, trainable,
     released text encoder, VAE), ``activation_bytes`` the saved activations of one batch."""
-    mixed = str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+    mixed = str(enum_value(cfg.precision.mixed_precision))
     weight_bytes = 2 if mixed in ("bf16", "fp16") else 4
     trainable = counts["trainable"]
     frozen_denoiser = counts["denoiser"] - (trainable if cfg.model.finetune == "full" else 0)
@@ -213,9 +214,9 @@ def memory_estimate(cfg, counts: dict, activation_bytes: float, *, checkpointing
 # -- the run -----------------------------------------------------------------------------------------
 def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
     from .config import compose_job_config
-    from .engine.trainer import run_training
     from .models import resolve_and_validate
     from .models.registry import published_architectures
+    from .train import run_training
 
     with tempfile.TemporaryDirectory(prefix="preflight-compose-") as compose_dir:  # only ${hydra:} needs one
         cfg = compose_job_config(overrides, run_dir=compose_dir)

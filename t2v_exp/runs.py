@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .models.common import mixed_precision_dtype
+from .config import enum_value, mixed_precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def device_and_precision(cfg: DictConfig) -> tuple[str, str]:
     from .config import resolve_device
 
     device = resolve_device(cfg.gpu.device, torch.cuda.is_available())
-    return device, str(getattr(cfg.precision.mixed_precision, "value", cfg.precision.mixed_precision))
+    return device, str(enum_value(cfg.precision.mixed_precision))
 
 
 def load_model(cfg: DictConfig, checkpoint: Path | None):

@@ -1,200 +1,98 @@
 """Training entrypoint: ``python -m t2v_exp.train [group=option ...] [key=value ...]``.
 
-Compose the config -> build the run -> train -> finish. Everything lands in Hydra's run dir.
-In a multirun, a failing job records its error in ``status.json`` and the sweep goes on (the
-command exits non-zero when every job failed). A run whose ``status.json`` could not be written
-(full disk) exits non-zero too, even when training itself succeeded.
+The recipe (``run_training``): check the run -> build data, model and optimizer -> score the base
+model -> train -> write samples, export, score the fine-tuned model -> publish the model card.
+``main`` runs it as a job (t2v_exp/jobs/policy.py: run-dir lock, status.json, exit codes, sweep
+resume); everything lands in Hydra's run dir.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register_configs
-from .errors import UserError
-from .models.common import CheckpointNotAvailableError
+from .engine.export import export_final
+from .engine.setup import build_parts, frozen_on_accelerator, require_writable, validate_run
+from .engine.trainer import Trainer
+from .evaluation import evaluate_in_training
+from .jobs.lock import RunDirLock
+from .jobs.policy import run_as_job
+from .model_card import publish
+from .models.spec import objective_label
 from .quiet import quiet_logs
 
 log = logging.getLogger("t2v_exp.train")
-USER_ERRORS = (UserError, CheckpointNotAvailableError, FileNotFoundError)
-
-
-def _user_errors():
-    from .engine.trainer import CheckpointWriteError, NonFiniteLossError
-
-    return (*USER_ERRORS, NonFiniteLossError, CheckpointWriteError)
-
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from .sweep import JobStatus, is_multirun, pin_one_gpu_per_job
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_logs()
-    quiet_non_main_ranks()
-    pinned = pin_one_gpu_per_job()  # before anything touches CUDA
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    lock = lock_run_dir(run_dir)  # before status.json: a second process must not overwrite the first's
-    if lock is None:
-        return None
-    identity = job_identity_or_none(cfg)
-    plan = plan_rerun(cfg, run_dir, identity)  # before status.json: it may be the earlier attempt's
-    status = JobStatus(run_dir, cfg, identity)
-    reused = reuse_completed(plan, run_dir) if plan is not None and plan.action == "reuse" else None
-    if reused is not None:
-        status.write("ok", extra={**reused, "gpu": pinned})  # before the lock goes: "running" + free = killed
-        lock.release()
-        return reused.get("objective")
-    try:
-        from .engine.trainer import run_training
+    return run_as_job(cfg, run_training)
 
-        summary = run_training(cfg, run_dir, lock)
-        # Before the lock goes: a rerun reads "running" with a free lock as a killed attempt.
-        recorded = status.write("ok", extra={"final_loss": summary.get("final_loss"),
-                                             "objective": summary.get("objective"), "gpu": pinned})
-    except BaseException as raised:
-        exc = user_facing(raised)
-        # A failed write is logged and leaves the last good status.json; the exit stays non-zero below.
-        status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc,
-                     {"gpu": pinned})
-        signum = getattr(exc, "signum", None)
-        if signum is not None:  # preempted: the checkpoint is saved; exit like the signal would
-            log.warning("%s", exc)
-            raise SystemExit(128 + signum) from None
-        if is_multirun() and isinstance(exc, Exception):
-            log.error("Job failed (%s: %s); the sweep continues. Details: %s", type(exc).__name__, exc,
-                      status.path)
-            return None
-        if isinstance(exc, _user_errors()):
-            log.error("%s", exc)
-            raise SystemExit(f"error: {exc}") from None
-        raise
+
+def run_training(cfg: DictConfig, run_dir: Path, lock: RunDirLock | None = None) -> dict:
+    """The recipe. ``lock``: the caller holds ``run_dir``'s lock already (otherwise it is taken here)."""
+    run_dir = Path(run_dir)
+    checked = validate_run(cfg)  # configs and JSON only: nothing heavy has loaded yet
+    require_writable(run_dir)
+    own_lock = RunDirLock(run_dir).acquire() if lock is None and int(os.environ.get("RANK", "0")) == 0 else None
+    parts = None
+    exit_code = 1
+    try:
+        parts = build_parts(cfg, run_dir, checked)
+        trainer = Trainer(cfg, run_dir, parts)
+        if cfg.train.evaluate_base and trainer.state.step == 0:
+            score(cfg, run_dir, parts, step=0, base=True)
+        summary = trainer.fit()
+        eval_report = None
+        if summary["finished"]:
+            trainer.sample()
+            final_dir = export_final(parts.model, run_dir, parts.accelerator)
+            summary["final_dir"] = str(final_dir)
+            if cfg.train.evaluate_at_end:
+                eval_report = score(cfg, run_dir, parts, step=trainer.state.step, base=False)
+            if parts.is_main:
+                publish(final_dir, cfg, model=parts.model, steps=trainer.state.step, eval_report=eval_report,
+                        samples_root=run_dir / "samples")
+        summary["objective_kind"] = objective_label(parts.model)
+        summary["objective"] = objective_value(cfg.train.objective, summary, eval_report)
+        parts.tracker.summary({**{"params/" + k: v for k, v in parts.param_counts.items()}, **summary})
+        exit_code = 0
+        return summary
     finally:
-        lock.release()
-        gc.collect()  # free the job's models before the next job of a sequential sweep
-        _empty_cuda_cache()
-    log.info("Done: final loss %s; run dir %s", summary.get("final_loss"), run_dir)
-    if not recorded and not is_multirun():  # schedulers and scripts must not read "running" as success
-        raise SystemExit(f"error: training finished (weights in {run_dir}), but {status.path} could not be "
-                         f"written (disk full?); it still says an earlier status")
-    return summary.get("objective")
+        # Always close the tracker so a multirun's next job never inherits a stale W&B run.
+        if parts is not None:
+            parts.tracker.finish(exit_code=exit_code)
+        if own_lock is not None:
+            own_lock.release()
 
 
-def job_identity_or_none(cfg: DictConfig) -> str | None:
-    """The job's identity for sweep resume (None when the config cannot even be resolved: the
-    trainer then reports what is wrong with it)."""
-    from .sweep_resume import job_identity
-
-    try:
-        return job_identity(cfg, world_size())
-    except Exception as exc:  # noqa: BLE001 - validation proper happens in the trainer, with a clear message
-        log.debug("No job identity (%s)", exc)
-        return None
-
-
-def world_size() -> int:
-    """Processes training this job (``accelerate launch`` sets WORLD_SIZE; a multirun job is one)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def plan_rerun(cfg: DictConfig, run_dir: Path, identity: str | None):
-    """In a multirun with ``sweep_resume`` and no ``resume=``: what to do about earlier attempts
-    of this job (see t2v_exp/sweep_resume.py); sets ``resume`` to the checkpoint to continue."""
-    from omegaconf import open_dict
-
-    from .engine.checkpoint import CHECKPOINT_RE, fingerprint
-    from .sweep import is_multirun
-    from .sweep_resume import carry_over, earlier_attempts, plan_job, set_aside
-
-    if identity is None or not is_multirun() or not cfg.get("sweep_resume", True) or cfg.get("resume"):
-        return None
-    sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
-    try:
-        attempts = earlier_attempts(sweep_dir, identity)
-        plan = plan_job(attempts, fingerprint(cfg, world_size()))  # the fingerprint inside the identity
-        if plan.action == "resume":
-            carry_over(plan.attempt, run_dir, int(CHECKPOINT_RE.match(plan.checkpoint.name).group(1)))
-        elif plan.action == "fresh" and any(a.job_dir.resolve() == run_dir.resolve() for a in attempts):
-            moved = set_aside(run_dir)  # a failed attempt in this very dir: start clean, keep its files
-            if moved is not None:
-                log.info("Sweep resume: the earlier attempt's files are now in %s", moved)
-    except (OSError, ValueError) as exc:  # unreadable earlier sweeps must not stop this one
-        log.warning("Sweep resume: earlier attempts not usable (%s: %s); training from the start",
-                    type(exc).__name__, exc)
-        return None
-    log.info("Sweep resume: %s", plan.describe())
-    if plan.action == "resume":
-        with open_dict(cfg):
-            cfg.resume = str(plan.checkpoint)
-    return plan
-
-
-def reuse_completed(plan, run_dir: Path) -> dict | None:
-    """Skip a job that an earlier sweep completed: bring its results into this job dir and return
-    the status fields to record (None, logged, when they cannot be brought: the job then trains)."""
-    from .sweep_resume import reuse
-
-    try:
-        return reuse(plan.attempt, run_dir)
-    except (OSError, ValueError) as exc:
-        log.warning("Could not reuse %s (%s: %s); training this job instead", plan.attempt.job_dir,
-                    type(exc).__name__, exc)
-        return None
-
-
-def lock_run_dir(run_dir: Path):
-    """The run dir's lock (rank 0; other ranks get a no-op lock), or None after logging why not in
-    a multirun, where the other jobs go on; a single run exits with the message."""
-    from .engine.checkpoint import RunDirLock
-    from .errors import RunDirLockedError
-    from .sweep import is_multirun
-
-    lock = RunDirLock(run_dir)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return lock
-    try:
-        return lock.acquire()
-    except RunDirLockedError as exc:
-        if is_multirun():
-            log.error("Job skipped: %s", exc)
+def score(cfg: DictConfig, run_dir: Path, parts, *, step: int, base: bool) -> dict | None:
+    """The evaluation step (rank 0 scores; every rank waits, with the VAE and text encoder on the accelerator)."""
+    with frozen_on_accelerator(cfg, parts):
+        if not parts.is_main:
             return None
-        raise SystemExit(f"error: {exc}") from None
+        return evaluate_in_training(cfg, run_dir, parts.model, step=step, base=base,
+                                    autocast=parts.accelerator.autocast, tracker=parts.tracker)
 
 
-def user_facing(exc: BaseException) -> BaseException:
-    """Hydra wraps errors raised in a ``_target_`` constructor; report the dataset's own error."""
-    from hydra.errors import InstantiationException
-
-    if isinstance(exc, InstantiationException) and isinstance(exc.__cause__, ValueError):
-        return exc.__cause__
-    return exc
-
-
-def quiet_non_main_ranks() -> None:
-    """Under ``accelerate launch`` only rank 0 writes the run's log file; others log warnings only."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-
-
-def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def objective_value(objective: str, summary: dict, eval_report: dict | None) -> float | None:
+    """``train.objective``: ``final_loss`` or ``<metric>/<score>`` of the end-of-training evaluation."""
+    if objective == "final_loss":
+        return summary.get("final_loss")
+    metric, _, score_name = objective.partition("/")
+    entry = (eval_report or {}).get("metrics", {}).get(metric, {})
+    if entry.get("status") != "ok" or score_name not in entry:
+        raise ValueError(f"train.objective={objective}: no such score in the end-of-training evaluation "
+                         f"(set train.evaluate_at_end=true and include '{metric}' in evaluation.metrics)")
+    return float(entry[score_name])
 
 
 if __name__ == "__main__":

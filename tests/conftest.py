@@ -10,11 +10,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
-FAMILIES = {
-    "modelscope": "modelscope_tiny",
-    "cogvideox": "cogvideox_tiny",
-    "animatediff": "animatediff_tiny",
-}
+
+
+def discovered_families() -> dict[str, str]:
+    """{family: its tiny preset} for every family the registry finds: conf/model/<family>_tiny.yaml
+    (tests/test_family_spec.py checks that each exists), so a new family is tested without being listed."""
+    from t2v_exp.models.registry import family_specs
+
+    return {name: f"{name}_tiny" for name in sorted(family_specs())}
+
+
+FAMILIES = discovered_families()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 from .data_fixtures import write_broken_files, write_sidecar_folder
 

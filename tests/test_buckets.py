@@ -10,8 +10,8 @@ import torch
 
 from t2v_exp.data.folder import VideoFolderDataset
 from t2v_exp.engine.batches import BatchStream
-from t2v_exp.engine.trainer import run_training
 from t2v_exp.errors import ConfigError
+from t2v_exp.train import run_training
 
 from .data_fixtures import GEOMETRY, flat_frames
 

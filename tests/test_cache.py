@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 from .conftest import CONF_DIR
 
@@ -64,10 +64,9 @@ def test_changing_resolution_or_model_rebuilds(run):
 def test_training_from_the_cache_never_runs_the_encoders(compose_train, tmp_path):
     from t2v_exp.engine.trainer import Trainer
 
-    trainer = Trainer(compose_train([*FAST, f"paths.cache_dir={tmp_path}", "dataset.cache=latents"], tmp_path),
+    trainer = Trainer.from_config(compose_train([*FAST, f"paths.cache_dir={tmp_path}", "dataset.cache=latents"], tmp_path),
                       tmp_path)
     try:
-        trainer.setup()
         calls = []
         for module in (trainer.model.vae.encoder, trainer.model.text_encoder):
             module.register_forward_hook(lambda *_: calls.append(1))
@@ -95,9 +94,8 @@ def test_cache_variants_follow_the_epochs_and_extend_without_re_encoding(run, co
     cfg = compose_train([*FAST, f"paths.cache_dir={run.cache_dir}", "dataset.cache=latents",
                          "dataset.cache_variants=3", "dataset.clip_frames=16"],  # longer clips: random starts
                         tmp_path / "inspect")
-    trainer = Trainer(cfg, tmp_path / "inspect")
+    trainer = Trainer.from_config(cfg, tmp_path / "inspect")
     try:
-        trainer.setup()
         cached, model = trainer.dataset, trainer.model
         plain = instantiate_dataset(cfg.dataset, split="train", report_dir=None)
         for epoch in (0, 1, 2, 3):

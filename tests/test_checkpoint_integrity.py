@@ -14,14 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from t2v_exp.config import compose_job_config
-from t2v_exp.engine.checkpoint import (
-    RunDirLock,
-    find_resume_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-)
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.engine.checkpoint import list_checkpoints, load_checkpoint
+from t2v_exp.engine.resume import find_resume_checkpoint
 from t2v_exp.errors import CheckpointError, RunDirLockedError
+from t2v_exp.jobs.lock import RunDirLock
+from t2v_exp.train import run_training
 
 from .conftest import NO_EVAL, REPO
 
@@ -146,7 +143,7 @@ def test_a_same_step_resave_never_removes_the_only_copy_first(tmp_path):
 
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from t2v_exp.engine.checkpoint import RunDirLock
+    from t2v_exp.jobs.lock import RunDirLock
     lock = RunDirLock(sys.argv[1]).acquire()  # kept: the lock lives as long as its open file
     print("locked", flush=True)
     time.sleep(600)

@@ -226,7 +226,7 @@ def test_every_preset_declares_only_schema_keys(compose_train):
                                  "+optimizer.foo=1", "model.num_frames=100000"])
 def test_bad_settings_fail_before_any_model_loads(bad, compose_train, tmp_path):
     """A checkpoint that does not exist would fail the load: the setting must be refused first."""
-    from t2v_exp.engine.trainer import run_training
+    from t2v_exp.train import run_training
 
     cfg = compose_train(["logger=none", f"model.pretrained={tmp_path}/no-such-checkpoint", bad], tmp_path / "run")
     with pytest.raises(ConfigError) as info:
@@ -235,7 +235,7 @@ def test_bad_settings_fail_before_any_model_loads(bad, compose_train, tmp_path):
 
 
 def test_no_validation_videos_trains_and_exports(compose_train, tmp_path):
-    from t2v_exp.engine.trainer import run_training
+    from t2v_exp.train import run_training
 
     summary = run_training(compose_train(["logger=none", "train.max_steps=1", "validation.num_videos=0",
                                           "dataset.num_videos=4"], tmp_path), tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 from .data_fixtures import write_msrvtt, write_ssv2, write_ubc_fashion
 

@@ -14,7 +14,8 @@ from t2v_exp.engine.batches import BatchStream, DataPosition, epoch_batches
 from t2v_exp.engine.checkpoint import list_checkpoints
 from t2v_exp.engine.optim import lr_multiplier
 from t2v_exp.engine.tracking import redact
-from t2v_exp.engine.trainer import Trainer, run_training
+from t2v_exp.engine.trainer import Trainer
+from t2v_exp.train import run_training
 
 # Split-invariance runs on the random ModelScope twin. Dropout masks are drawn per micro-batch, so
 # their shapes (and draws) depend on how the global batch is split: with live dropout, accumulation and
@@ -34,9 +35,8 @@ def test_keeps_only_the_last_k_checkpoints(compose_train, tmp_path):
 
 def test_bf16_keeps_trainable_weights_fp32_and_frozen_weights_bf16(compose_train, tmp_path):
     cfg = compose_train([*FAST, "precision=bf16", "train.max_steps=2"], tmp_path)
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer.from_config(cfg, tmp_path)
     try:
-        trainer.setup()
         summary = trainer.fit()
     finally:
         trainer.close()
@@ -136,10 +136,9 @@ def test_gradient_checkpointing_setting(compose_train, tmp_path):
 
     for model, enabled in (("cogvideox_tiny", True), ("modelscope_tiny", True), ("modelscope_tiny", False)):
         run_dir = tmp_path / f"{model}-{enabled}"
-        trainer = Trainer(compose_train([*FAST, f"model={model}", f"gpu.gradient_checkpointing={enabled}",
+        trainer = Trainer.from_config(compose_train([*FAST, f"model={model}", f"gpu.gradient_checkpointing={enabled}",
                                          "train.max_steps=1"], run_dir), run_dir)
         try:
-            trainer.setup()
             assert checkpointing_on(trainer.model.denoiser) == enabled, model
             assert trainer.train_step(iter(trainer.batches))["train/loss"] > 0
         finally:
@@ -149,15 +148,14 @@ def test_gradient_checkpointing_setting(compose_train, tmp_path):
 def test_modelscope_checkpointing_recomputes_blocks_and_keeps_the_gradients(compose_train, tmp_path):
     from diffusers.models.resnet import ResnetBlock2D
 
-    from t2v_exp.engine.trainer import sample_generators
+    from t2v_exp.engine.randomness import sample_generators
 
     results = {}
     for flag in ("false", "true"):
         run_dir = tmp_path / flag
-        trainer = Trainer(compose_train([*FAST, "model=modelscope_tiny", f"gpu.gradient_checkpointing={flag}",
+        trainer = Trainer.from_config(compose_train([*FAST, "model=modelscope_tiny", f"gpu.gradient_checkpointing={flag}",
                                          "train.max_steps=1"], run_dir), run_dir)
         try:
-            trainer.setup()
             model = trainer.model
             batch = next(iter(trainer.batches))
             latents, embeds = model.encode_videos(batch["video"]), model.encode_prompts(batch["prompt"])

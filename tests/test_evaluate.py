@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from t2v_exp.data.video_io import write_video
-from t2v_exp.engine.trainer import run_training
 from t2v_exp.evaluate import EvaluationIncomplete, evaluate
 from t2v_exp.evaluation import evaluation_plan, write_fvd_features
+from t2v_exp.train import run_training
 
 from .conftest import REPO
 

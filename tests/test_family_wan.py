@@ -310,7 +310,7 @@ def test_wan22_full_fine_tune_of_one_expert_round_trips_through_load_pipeline(co
 
 
 def test_the_report_names_each_familys_objective(compose_train):
-    from t2v_exp.engine.trainer import objective_label
+    from t2v_exp.models.spec import objective_label
 
     _, wan21 = build(compose_train, "wan_tiny")
     _, wan22 = build(compose_train, "wan22_tiny")

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 
 from t2v_exp.engine.checkpoint import list_checkpoints
-from t2v_exp.engine.trainer import NonFiniteLossError, run_training
+from t2v_exp.engine.trainer import NonFiniteLossError
+from t2v_exp.train import run_training
 
 from .conftest import NO_EVAL, REPO
 
@@ -108,7 +109,7 @@ def test_half_written_checkpoints_are_never_resumed_from(compose_train, tmp_path
     (root / ".tmp-checkpoint-000009-4242" / "trainable.safetensors").write_bytes(b"\0" * 10)
     (root / "checkpoint-000008").mkdir()
     (root / "checkpoint-000008" / "trainable.safetensors").write_bytes(b"\0" * 10)
-    from t2v_exp.engine.checkpoint import find_resume_checkpoint
+    from t2v_exp.engine.resume import find_resume_checkpoint
 
     assert find_resume_checkpoint("latest", tmp_path, "_x").name == "checkpoint-000002"
 

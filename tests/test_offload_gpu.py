@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 from .conftest import CONF_DIR
 

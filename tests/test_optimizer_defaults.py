@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from t2v_exp.config import full_finetune_lr_warning
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 from .conftest import CONF_DIR
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from t2v_exp.engine.trainer import run_training
 from t2v_exp.errors import ConfigError
 from t2v_exp.models import build_model, resolve_and_validate
 from t2v_exp.models.objectives import DDPMObjective
+from t2v_exp.train import run_training
 
 from .conftest import CONF_DIR
 

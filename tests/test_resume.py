@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.train import run_training
 
 COMMON = ["train.max_steps=6", "train.checkpoint_every=3", "validation.enabled=false", "logger=none",
           "train.warmup_steps=2", "dataset.num_videos=6"]

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from t2v_exp.engine.checkpoint import NoCheckpointError, fingerprint
+from t2v_exp.engine.checkpoint import fingerprint
 from t2v_exp.engine.optim import lr_multiplier
-from t2v_exp.engine.trainer import run_training
+from t2v_exp.engine.resume import NoCheckpointError
 from t2v_exp.errors import CheckpointError, ConfigError
+from t2v_exp.train import run_training
 
 FAST = ["validation.enabled=false", "logger=none", "train.warmup_steps=0", "dataset.num_videos=4"]
 SUFFIX = "_modelscope_tiny_shapes"
@@ -63,7 +64,7 @@ def test_resume_latest_takes_the_newest_compatible_run_and_says_what_it_passed_o
     compatible, other = run_dir(tmp_path, 1), run_dir(tmp_path, 2)
     train(compose_train, compatible, "train.max_steps=4", "train.stop_after_steps=2")
     train(compose_train, other, "train.max_steps=4", "train.stop_after_steps=2", "gpu.batch_size=1")
-    caplog.set_level(logging.WARNING, logger="t2v_exp.engine.trainer")
+    caplog.set_level(logging.WARNING, logger="t2v_exp.engine.resume")
     resumed = run_dir(tmp_path, 3)
     summary = train(compose_train, resumed, "train.max_steps=4", "resume=latest")
     assert summary["resumed_from"] == str(compatible / "checkpoints" / "checkpoint-000002")
@@ -103,7 +104,7 @@ def test_allowed_changes_apply_from_the_checkpoint_and_are_logged(compose_train,
     first, second = tmp_path / "first", tmp_path / "second"
     common = ["train.lr_schedule=cosine", "train.warmup_steps=0"]
     train(compose_train, first, *common, "train.max_steps=4", "train.stop_after_steps=2", "optimizer.lr=1e-3")
-    caplog.set_level(logging.INFO, logger="t2v_exp.engine.trainer")
+    caplog.set_level(logging.INFO, logger="t2v_exp.engine.resume")
     summary = train(compose_train, second, *common, "train.max_steps=6", f"resume={first}", "optimizer.lr=1e-4",
                     "optimizer.weight_decay=0", "optimizer.betas=[0.8,0.99]", "train.checkpoint_every=1")
     assert summary["step"] == 6 and summary["resumed_from"].endswith("checkpoint-000002")

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from t2v_exp.sweep_resume import Attempt, earlier_attempts, plan_job
+from t2v_exp.jobs.rerun import Attempt, earlier_attempts, plan_job
 
 from .conftest import REPO
 
@@ -175,7 +175,7 @@ def test_failed_attempts_run_again_and_completed_ones_are_reused(tmp_path):
 
 
 def test_job_identity_follows_what_shapes_the_result(compose_train, tmp_path):
-    from t2v_exp.sweep_resume import job_identity
+    from t2v_exp.jobs.rerun import job_identity
 
     def identity(*overrides: str) -> str:
         return job_identity(compose_train(list(overrides), run_dir=tmp_path), 1)
@@ -191,7 +191,7 @@ def test_job_identity_follows_what_shapes_the_result(compose_train, tmp_path):
 
 
 def test_a_failed_attempt_in_the_same_dir_is_set_aside_before_the_fresh_start(tmp_path):
-    from t2v_exp.sweep_resume import set_aside
+    from t2v_exp.jobs.rerun import set_aside
 
     job_dir = tmp_path / "0_job"
     for name in ("checkpoints/checkpoint-000002/state.json", "metrics.jsonl", "final/weights.safetensors",
@@ -209,7 +209,7 @@ def test_a_failed_attempt_in_the_same_dir_is_set_aside_before_the_fresh_start(tm
 def test_reusing_fails_whole_or_not_at_all(tmp_path, monkeypatch):
     import shutil
 
-    from t2v_exp.sweep_resume import reuse
+    from t2v_exp.jobs.rerun import reuse
 
     done = tmp_path / "old" / "0_job"
     for name in ("final/README.md", "summary.json", "eval/metrics.json", "metrics.jsonl"):

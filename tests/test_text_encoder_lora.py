@@ -9,9 +9,9 @@ from hydra.errors import ConfigCompositionException
 from safetensors.torch import load_file
 
 from t2v_exp.engine.checkpoint import list_checkpoints
-from t2v_exp.engine.trainer import run_training
 from t2v_exp.errors import ConfigError
 from t2v_exp.models import build_model, resolve_and_validate
+from t2v_exp.train import run_training
 
 from .conftest import CONF_DIR
 

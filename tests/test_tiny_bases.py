@@ -39,9 +39,9 @@ def test_every_committed_file_is_the_one_its_record_names(twin):
 
 
 def test_the_shared_vaes_are_committed_fits():
-    from t2v_exp.tiny_bases.record import FITTED_VAES as FITTERS
+    from t2v_exp.models.registry import fitted_vaes
 
-    assert sorted(FITTERS) == FITTED_VAES  # every VAE the twins fit is committed: no machine fits one
+    assert sorted(fitted_vaes()) == FITTED_VAES  # every VAE the twins fit is committed: no machine fits one
     # Round-trip PSNR on the shapes clips: the 2-D VAE sees single frames; the 3-D ones also compress
     # time (LTX-Video's 8x in time and space into 8 channels, the hardest).
     floors = {"image_vae": 28, "cogvideox_vae": 20, "wan_vae": 20, "ltx_vae": 18}

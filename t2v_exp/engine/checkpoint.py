@@ -1,4 +1,4 @@
-"""Checkpoints that are complete, intact, and resumed only by the experiment that wrote them.
+"""The checkpoint format: complete, intact, and recognisable by the experiment that wrote it.
 
 Each checkpoint is written into a temporary directory and renamed into place, so a crash or
 kill mid-write never leaves a directory that ``latest`` would pick up. Trainable weights go to
@@ -14,11 +14,9 @@ optimizer hyper-parameters) may change on resume and is logged.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import zipfile
@@ -26,13 +24,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import enum_value
-from ..errors import CheckpointError, RunDirLockedError, UserError
+from ..errors import CheckpointError
+from .randomness import rng_state
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -62,37 +60,6 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
         return []
     found = [p for p in ckpt_root.iterdir() if CHECKPOINT_RE.match(p.name) and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
-
-
-def rng_state() -> tuple[dict, dict]:
-    np_state = np.random.get_state()
-    meta = {
-        "python": _to_json(random.getstate()),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = state
-    return meta, tensors
-
-
-def restore_rng_state(meta: dict, tensors: dict) -> None:
-    random.setstate(_from_json(meta["python"]))
-    kind, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _to_json(value):
-    return [_to_json(v) for v in value] if isinstance(value, tuple | list) else value
-
-
-def _from_json(value):
-    return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
 # -- fingerprint ---------------------------------------------------------------------------------
@@ -398,177 +365,3 @@ def unusable(damage: DamagedCheckpoint) -> CheckpointError:
                 f"There is no earlier valid checkpoint in {damage.checkpoint.parent}")
     return CheckpointError(f"Checkpoint {damage.checkpoint} is unusable: {damage.file}: {damage.reason}. "
                            f"{fallback} (or delete {damage.checkpoint} and use resume=latest).")
-
-
-# -- choosing what to resume -----------------------------------------------------------------------
-
-
-@dataclass
-class ResumeSearch:
-    """Usable checkpoints, best first, and the ones passed over with the reason."""
-
-    candidates: list[Path]
-    passed_over: list[str]
-
-    def report(self) -> str:
-        return "".join(f"\n  - {line}" for line in self.passed_over)
-
-
-def find_resume_checkpoints(resume: str, run_dir: Path, run_suffix: str,
-                            expected: dict | None = None) -> ResumeSearch:
-    """``latest``/``auto``: intact, compatible checkpoints, newest first, of this run dir and then
-    of earlier runs of the same model and dataset (``..._<model>_<dataset>``, newest first; runs
-    another process is still training are skipped). An explicit checkpoint or run directory must
-    be intact and compatible, or this raises naming the bad file or each differing key."""
-    if resume in ("latest", "auto"):
-        return _search_runs(run_dir, run_suffix, expected)
-    path = Path(resume).expanduser()
-    if not (path / "state.json").is_file():
-        found = list_checkpoints(path / "checkpoints")
-        if not found:
-            raise FileNotFoundError(f"resume={resume}: no complete checkpoint there (expected a checkpoint-NNNNNN "
-                                    f"directory or a run directory containing checkpoints/)")
-        path = found[-1]
-    try:
-        state = verify_checkpoint(path)
-    except DamagedCheckpoint as damage:
-        raise unusable(damage) from None
-    if expected is not None and state.get("fingerprint") is None:
-        log.warning("resume=%s: %s records no fingerprint (an older t2v_exp wrote it); resuming without "
-                    "checking that it belongs to this experiment", resume, path)
-        return ResumeSearch([path], [])
-    differing = differences(state["fingerprint"], expected) if expected is not None else []
-    if differing:
-        raise CheckpointError(
-            f"resume={resume}: {path} belongs to another experiment; these settings differ (checkpoint -> now):"
-            + "".join(f"\n  {line}" for line in differing)
-            + "\nResume with the checkpoint's values, or start a new run without resume= (or in another "
-              "hydra.run.dir)."
-        )
-    return ResumeSearch([path], [])
-
-
-def _search_runs(run_dir: Path, run_suffix: str, expected: dict | None) -> ResumeSearch:
-    search = ResumeSearch([], [])
-    runs = [run_dir] + sorted((d for d in run_dir.parent.glob(f"*{run_suffix}") if d != run_dir and d.is_dir()),
-                              key=lambda d: d.stat().st_mtime, reverse=True)
-    free = []
-    for run in runs:
-        holder = RunDirLock.holder(run) if run != run_dir else None
-        if holder is not None:
-            search.passed_over.append(f"{run}: another process (pid {holder}) is training it now")
-        else:
-            free.append(run)
-    return compatible_checkpoints(free, expected, search)
-
-
-def compatible_checkpoints(runs: list[Path], expected: dict | None,
-                           search: ResumeSearch | None = None) -> ResumeSearch:
-    """Intact checkpoints of ``runs`` (in that order, newest first within each) whose fingerprint
-    equals ``expected``; the others are listed as passed over, with the reason."""
-    search = search or ResumeSearch([], [])
-    for run in runs:
-        recover_replaced(run / "checkpoints")
-        for path in reversed(list_checkpoints(run / "checkpoints")):
-            try:
-                state = verify_checkpoint(path)
-            except DamagedCheckpoint as damage:
-                log.warning("Skipping damaged checkpoint %s", damage)
-                search.passed_over.append(f"{path}: damaged ({damage.file}: {damage.reason})")
-                continue
-            if expected is not None and state.get("fingerprint") is None:
-                search.passed_over.append(f"{path}: records no fingerprint (an older t2v_exp wrote it); "
-                                          f"resume={path} uses it anyway")
-                continue
-            differing = differences(state["fingerprint"], expected) if expected is not None else []
-            if differing:
-                search.passed_over.append(f"{path}: another experiment ({'; '.join(differing)})")
-                continue
-            search.candidates.append(path)
-    return search
-
-
-# -- one process per run dir -----------------------------------------------------------------------
-
-
-class RunDirLock:
-    """An exclusive ``flock`` on ``<run_dir>/.train.lock``, held while a process trains there.
-
-    The kernel drops it when the process dies (even by SIGKILL), so a stale lock file never
-    blocks a restart; two live processes can never interleave checkpoints in one directory.
-    """
-
-    NAME = ".train.lock"
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / self.NAME
-        self._handle = None
-
-    def acquire(self) -> RunDirLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open for the whole run
-        except OSError as exc:  # an unwritable run dir: the trainer's own check explains it
-            log.warning("Cannot create %s (%s)", self.path, exc)
-            return self
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RunDirLockedError(
-                f"Another process (pid {holder}) is training into {self.path.parent}; two runs in one directory "
-                f"would overwrite each other's checkpoints. Wait for it to finish (then resume=auto continues it), "
-                f"or give this run its own directory: hydra.run.dir=/path/to/another/run"
-            ) from None
-        except OSError as exc:  # e.g. a file system without locks: train, but say so
-            log.warning("Cannot lock %s (%s); nothing stops a second process from training into this run dir",
-                        self.path, exc)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file drops the flock
-            self._handle = None
-
-    @classmethod
-    def holder(cls, run_dir: Path) -> str | None:
-        """The pid training in ``run_dir`` now, or None when nobody holds its lock."""
-        path = Path(run_dir) / cls.NAME
-        if not path.is_file():
-            return None
-        with open(path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return handle.read().strip() or "unknown"
-            except OSError:
-                return None
-            return None
-
-
-class NoCheckpointError(UserError, FileNotFoundError):
-    """``resume=latest`` found nothing this experiment can continue from."""
-
-
-def no_checkpoint_error(resume: str, run_dir: Path, run_suffix: str, search: ResumeSearch) -> NoCheckpointError:
-    passed = f" Passed over:{search.report()}\n" if search.passed_over else " "
-    return NoCheckpointError(
-        f"resume={resume}: no complete checkpoint of this experiment in {run_dir} nor in earlier runs matching "
-        f"'{run_dir.parent}/*{run_suffix}'.{passed}Pass resume=/path/to/run_dir or a checkpoint directory, or "
-        f"resume=auto, which starts fresh when there is nothing to continue (e.g. in a requeue script)."
-    )
-
-
-def find_resume_checkpoint(resume: str, run_dir: Path, run_suffix: str, expected: dict | None = None) -> Path:
-    """The best checkpoint :func:`find_resume_checkpoints` finds; raises when there is none."""
-    search = find_resume_checkpoints(resume, run_dir, run_suffix, expected)
-    if not search.candidates:
-        raise no_checkpoint_error(resume, run_dir, run_suffix, search)
-    return search.candidates[0]

@@ -76,7 +76,7 @@ def text_identity(model) -> dict:
         "text_encoder": model.text_encoder.config.to_dict(),
         "text_encoder_weights": weights_fingerprint(model.text_encoder),
         "tokenizer": type(model.tokenizer).__name__ + str(len(model.tokenizer)),
-        "max_text_tokens": getattr(model, "max_text_tokens", None),
+        "max_text_tokens": model.max_text_tokens,
     }
 
 

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import enum_value
+
 log = logging.getLogger(__name__)
 SECRET_KEY = re.compile(r"(_TOKEN|_KEY|SECRET|PASSWORD)", re.IGNORECASE)
 # `key=value` text (an override, a log line) whose key looks like a credential: +hf_token=..., logger.api_key=...
@@ -100,14 +102,14 @@ class Tracker:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - lives for the run
-        if logger_cfg.backend == "wandb" and str(getattr(logger_cfg.mode, "value", logger_cfg.mode)) != "disabled":
+        if logger_cfg.backend == "wandb" and str(enum_value(logger_cfg.mode)) != "disabled":
             self.run = self._start_wandb(logger_cfg, redact(config), job_type, extra_tags or [], run_id)
 
     def _start_wandb(self, logger_cfg, config: dict, job_type: str, extra_tags: list[str], run_id: str | None):
         import wandb
 
         wandb_dir = self.run_dir  # W&B puts its own "wandb/" folder inside this directory
-        mode = wandb_mode(str(getattr(logger_cfg.mode, "value", logger_cfg.mode)))
+        mode = wandb_mode(str(enum_value(logger_cfg.mode)))
         tags = redact(list(dict.fromkeys([*(logger_cfg.tags or []), *extra_tags])))
         with masked_argv():
             run = wandb.init(

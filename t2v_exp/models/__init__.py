@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+# What the engine may use besides the protocol: the prompt-truncation counter families report
+# into, and posterior sampling with per-sample generators (shared by cached and on-the-fly runs).
+from .common import TruncatedPrompts, sample_posterior
 from .protocol import VideoModel
+from .spec import spec_for
 
 
 def model_class(model_cfg):
@@ -14,25 +18,22 @@ def model_class(model_cfg):
 
 def resolve_and_validate(model_cfg, cache_dir: str | None, mixed_precision: str | None = None):
     """Locate the checkpoint and check geometry from its JSON configs only (no weights loaded);
-    with ``mixed_precision`` (no | fp16 | bf16), also whether the checkpoint can run in it (a family's
-    optional ``check_precision``)."""
+    with ``mixed_precision`` (no | fp16 | bf16), also whether the checkpoint can run in it (the
+    family's ``FamilySpec.check_precision``, when it declares one)."""
     cls = model_class(model_cfg)
-    check_export_formats(model_cfg, cls)
+    spec = spec_for(cls)
+    check_export_formats(model_cfg, spec.export_formats)
     roots = cls.resolve(model_cfg, cache_dir)
     cls.validate(model_cfg, roots)
-    check_precision = getattr(cls, "check_precision", None)
-    if mixed_precision is not None and check_precision is not None:
-        check_precision(model_cfg, roots, mixed_precision)
+    if mixed_precision is not None and spec.check_precision is not None:
+        spec.check_precision(model_cfg, roots, mixed_precision)
     return cls, roots
 
 
-def check_export_formats(model_cfg, cls) -> None:
-    """Formats beyond diffusers are offered by a family module's EXPORT_FORMATS (default: diffusers only)."""
-    import importlib
-
+def check_export_formats(model_cfg, offered: tuple[str, ...]) -> None:
+    """Formats beyond diffusers are offered by the family's ``FamilySpec.export_formats`` (default: diffusers only)."""
     from ..errors import ConfigError
 
-    offered = getattr(importlib.import_module(cls.__module__), "EXPORT_FORMATS", ("diffusers",))
     missing = [f for f in (model_cfg.get("export_formats") or []) if f not in offered]
     if missing:
         raise ConfigError(f"model.export_formats={list(model_cfg.export_formats)}: {model_cfg.family} does not "
@@ -44,4 +45,4 @@ def build_model(model_cfg, cache_dir: str | None = None) -> VideoModel:
     return cls(model_cfg, roots)
 
 
-__all__ = ["VideoModel", "build_model", "model_class", "resolve_and_validate"]
+__all__ = ["TruncatedPrompts", "VideoModel", "build_model", "model_class", "resolve_and_validate", "sample_posterior"]

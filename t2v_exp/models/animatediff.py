@@ -21,6 +21,7 @@ from .lora import (
     validate_text_encoder_lora,
 )
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
+from .spec import FamilySpec
 
 log = logging.getLogger(__name__)
 SD_SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -44,9 +45,9 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, *, motion_adapte
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 
     base = common.checkpoint_dir(pretrained, None, what="AnimateDiff base (SD1.5)", allow_patterns=SD_SUBFOLDERS,
-                                 tiny_builders=TINY_BUILDERS)
+                                 tiny_builders=SPEC.tiny_builders)
     adapter_dir = common.checkpoint_dir(motion_adapter, None, what="AnimateDiff motion adapter",
-                                        tiny_builders=TINY_BUILDERS)
+                                        tiny_builders=SPEC.tiny_builders)
     adapter = MotionAdapter.from_pretrained(adapter_dir, torch_dtype=torch_dtype)
     pipe = AnimateDiffPipeline.from_pretrained(base, motion_adapter=adapter, torch_dtype=torch_dtype)
     pipe.scheduler = motion_schedulers(DDIMScheduler.from_pretrained(base, subfolder="scheduler").config)[1]
@@ -93,7 +94,6 @@ def build_tiny_motion_adapter(out_dir: Path) -> None:
     adapter.save_pretrained(out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_adapter}
 # SD1.5 (UNet 859,520,964 parameters, SD VAE, CLIP ViT-L/14 text) + guoyww/animatediff-motion-adapter-v1-5-2
 # (diffusers' MotionAdapter defaults are its config: 8 heads, 32 positions, a mid block).
 PUBLISHED_ARCHITECTURES = {
@@ -108,8 +108,6 @@ PUBLISHED_ARCHITECTURES = {
 
 
 FAMILY = "animatediff"
-BASE_LICENSE = "creativeml-openrail-m"  # the model card's license when the checkpoint's own card does not say
-EXPORT_FORMATS = ("diffusers", "comfyui")
 # A motion-module attention projection (diffusers' names) -> its name in the original AnimateDiff
 # motion LoRA files (guoyww's trainer; ComfyUI-AnimateDiff-Evolved loads them): the motion module
 # keeps its temporal_transformer level, attn1/attn2 are attention_blocks.0/1, to_out.0 is to_out.
@@ -142,15 +140,17 @@ class AnimateDiffModel:
     family = FAMILY
     trainable_scope = "motion_modules"  # the SD1.5 UNet stays frozen, LoRA or full
     denoiser_subfolder = "unet"
+    text_encoder_lora = None  # its settings once common.attach_text_encoder_lora adds one
+    max_text_tokens = None  # CLIP's own 77 tokens
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> tuple[str, str]:
         base, adapter = common.resolve_all(cfg, [
             lambda: common.checkpoint_dir(cfg.pretrained, cache_dir, what="AnimateDiff base (SD1.5)",
-                                          allow_patterns=SD_SUBFOLDERS, tiny_builders=TINY_BUILDERS),
+                                          allow_patterns=SD_SUBFOLDERS, tiny_builders=SPEC.tiny_builders),
             lambda: common.checkpoint_dir(cfg.motion_adapter, cache_dir, key="model.motion_adapter",
                                           what="AnimateDiff motion adapter, e.g. guoyww/animatediff-motion-adapter-v1-5-2",
-                                          tiny_builders=TINY_BUILDERS),
+                                          tiny_builders=SPEC.tiny_builders),
         ])
         return base, adapter
 
@@ -258,6 +258,9 @@ class AnimateDiffModel:
         base, adapter = self.roots
         return load_pipeline(base, lora_dir, motion_adapter=adapter)
 
+    def prompt_kwargs(self, embeds, negative):
+        return common.prompt_embeds_kwargs(embeds, negative)
+
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)
@@ -294,3 +297,15 @@ class AnimateDiffModel:
         state = common.unwrap(self.denoiser).state_dict()
         unet.load_state_dict({k: v for k, v in state.items() if "motion_modules" not in k})  # strict: all keys
         return unet
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=AnimateDiffModel,
+    checkpoint_keys=("pretrained", "motion_adapter"),  # resolve() returns (base, adapter)
+    export_formats=("diffusers", "comfyui"),
+    base_license="creativeml-openrail-m",  # the model card's license when the checkpoint's own card does not say
+    supports_text_encoder_lora=True,
+    tiny_builders={"sd15": build_tiny_sd15, "motion_adapter": build_tiny_motion_adapter},
+    fitted_vaes={"image_vae": tiny.build_image_vae},  # the SD1.5 twin's
+    published_architectures=PUBLISHED_ARCHITECTURES,
+)

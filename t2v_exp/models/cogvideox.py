@@ -15,6 +15,7 @@ from ..errors import ConfigError, require_multiple
 from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
+from .spec import FamilySpec
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -25,7 +26,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     from diffusers import CogVideoXPipeline
 
     root = common.checkpoint_dir(pretrained, None, what="CogVideoX", allow_patterns=SUBFOLDERS,
-                                 tiny_builders=TINY_BUILDERS, tiny_version=TINY_VERSION)
+                                 tiny_builders=SPEC.tiny_builders, tiny_version=SPEC.tiny_version)
     pipe = CogVideoXPipeline.from_pretrained(root, torch_dtype=torch_dtype)
     if lora_dir:
         pipe.load_lora_weights(lora_dir)
@@ -68,7 +69,8 @@ def fitted_tiny_vae():
     """The fitted 3-D VAE, built once per cache and shared by the 2B and 1.5 twins."""
     from diffusers import AutoencoderKLCogVideoX
 
-    return tiny.fitted_shared_vae("cogvideox_vae", AutoencoderKLCogVideoX, tiny_vae, build_tiny_vae, version=TINY_VERSION)
+    return tiny.fitted_shared_vae("cogvideox_vae", AutoencoderKLCogVideoX, tiny_vae, build_tiny_vae,
+                                  version=SPEC.tiny_version)
 
 
 def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
@@ -110,9 +112,6 @@ def build_tiny_15(out_dir: Path) -> None:
     build_tiny(out_dir, version_15=True)
 
 
-TINY_BUILDERS = {"cogvideox": build_tiny, "cogvideox15": build_tiny_15}
-TINY_VERSION = "2"  # 2: 32-token T5 tokenizer (every shapes caption whole), fitted 3-D VAE
-
 _5B = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
 # THUDM's transformer/ and vae/ config.json; denoiser counts from the released safetensors sizes.
 PUBLISHED_ARCHITECTURES = {
@@ -141,7 +140,6 @@ PUBLISHED_ARCHITECTURES = {
 
 
 FAMILY = "cogvideox"
-BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 
 
 @dataclass
@@ -157,30 +155,35 @@ class Config(ModelConfig, DDPMSettings):
 BF16_ONLY_HEADS = 48
 
 
+def check_precision(cfg, root: str, mixed_precision: str) -> None:
+    """CogVideoX-5B and 1.5-5B were trained in bf16 and overflow in fp16 (THUDM recommends fp16
+    only for the 2B); told apart from the 2B by their transformer's width, not by a name."""
+    if mixed_precision != "fp16":
+        return
+    heads = int(json.loads((Path(root) / "transformer" / "config.json").read_text())["num_attention_heads"])
+    if heads >= BF16_ONLY_HEADS:
+        raise ConfigError(
+            f"model.pretrained={cfg.pretrained} has the CogVideoX-5B transformer ({heads} attention heads), "
+            f"whose bf16 weights overflow in fp16: use precision=bf16 (or precision=fp32); fp16 suits "
+            f"the 2B (model=cogvideox)")
+
+
 class CogVideoXModel:
     family = FAMILY
     trainable_scope = None  # every trainable parameter belongs to the transformer
     denoiser_subfolder = "transformer"
+    text_encoder_lora = None  # T5: no text-encoder LoRA
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
         (root,) = common.resolve_all(cfg, [lambda: common.checkpoint_dir(
-            cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS, tiny_builders=TINY_BUILDERS,
-            tiny_version=TINY_VERSION)])
+            cfg.pretrained, cache_dir, what="CogVideoX", allow_patterns=SUBFOLDERS, tiny_builders=SPEC.tiny_builders,
+            tiny_version=SPEC.tiny_version)])
         return root
 
-    @staticmethod
-    def check_precision(cfg, root: str, mixed_precision: str) -> None:
-        """CogVideoX-5B and 1.5-5B were trained in bf16 and overflow in fp16 (THUDM recommends fp16
-        only for the 2B); told apart from the 2B by their transformer's width, not by a name."""
-        if mixed_precision != "fp16":
-            return
-        heads = int(json.loads((Path(root) / "transformer" / "config.json").read_text())["num_attention_heads"])
-        if heads >= BF16_ONLY_HEADS:
-            raise ConfigError(
-                f"model.pretrained={cfg.pretrained} has the CogVideoX-5B transformer ({heads} attention heads), "
-                f"whose bf16 weights overflow in fp16: use precision=bf16 (or precision=fp32); fp16 suits "
-                f"the 2B (model=cogvideox)")
+    @property
+    def roots(self) -> str:
+        return self.root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -310,6 +313,9 @@ class CogVideoXModel:
         # in the dtype the weights were read in: a 5B read as bf16 is 11 GB, as fp32 22
         return load_pipeline(self.root, lora_dir, torch_dtype=common.LOAD_DTYPES[self.cfg.load_dtype])
 
+    def prompt_kwargs(self, embeds, negative):
+        return common.prompt_embeds_kwargs(embeds, negative)
+
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)
@@ -325,3 +331,14 @@ class CogVideoXModel:
 
         common.export_transformer(CogVideoXPipeline, common.unwrap(self.denoiser), self.lora, Path(out_dir),
                                   Path(out_dir) / "transformer")
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=CogVideoXModel,
+    base_license="apache-2.0",  # the model card's license when the checkpoint's own card does not say
+    check_precision=check_precision,
+    tiny_builders={"cogvideox": build_tiny, "cogvideox15": build_tiny_15},
+    tiny_version="2",  # 2: 32-token T5 tokenizer (every shapes caption whole), fitted 3-D VAE
+    fitted_vaes={"cogvideox_vae": build_tiny_vae},
+    published_architectures=PUBLISHED_ARCHITECTURES,
+)

@@ -12,10 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointNotAvailableError(RuntimeError):
+class CheckpointNotAvailableError(UserError, RuntimeError):
     """A pretrained checkpoint could not be found locally nor fetched from the hub."""
 
 
@@ -286,8 +288,8 @@ def checkpoint_dir(spec: str | None, cache_dir: str | None, *, what: str, allow_
                    tiny_builders: dict | None = None, tiny_version: str = "", key: str = "model.pretrained") -> str:
     """``tiny:<name>`` builds/loads a local random twin; anything else is a hub id or directory.
 
-    A family passes its own twin builders (``{"wan": build_tiny}``), so the tiny-twin cache never
-    needs to know the families; names it does not pass fall back to the shared builders.
+    A family passes its own twin builders (its ``FamilySpec.tiny_builders``), so the tiny-twin cache
+    never needs to know the families.
     """
     if spec and spec.startswith(TINY_PREFIX):
         from .. import tiny_bases
@@ -295,9 +297,12 @@ def checkpoint_dir(spec: str | None, cache_dir: str | None, *, what: str, allow_
 
         name, pretrained = tiny_bases.parse_tiny_spec(spec[len(TINY_PREFIX):])
         builder = (tiny_builders or {}).get(name)
-        if builder is not None and pretrained:
+        if builder is None:
+            raise ValueError(f"{key}={spec} ({what}): no such tiny twin; valid: "
+                             f"{', '.join(TINY_PREFIX + n for n in sorted(tiny_builders or {}))}")
+        if pretrained:
             return pretrained_twin(name, cache_dir, builder=builder, version=tiny_version)
-        return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version if builder else "")
+        return tiny_checkpoint(name, cache_dir, builder=builder, version=tiny_version)
     return resolve_pretrained(spec, what=what, key=key, allow_patterns=allow_patterns)
 
 
@@ -343,7 +348,7 @@ def attach_text_encoder_lora(model, cfg) -> None:
     from .lora import add_lora, text_encoder_lora_settings
 
     model.text_encoder_lora = None
-    if getattr(cfg, "text_encoder_lora", False) and model.lora:
+    if cfg.text_encoder_lora and model.lora:
         model.text_encoder_lora = text_encoder_lora_settings(model.lora)
         add_lora(model.text_encoder, model.text_encoder_lora)
 
@@ -352,14 +357,14 @@ def text_encoder_lora_export(model) -> dict:
     """``save_lora_weights`` keywords for the text encoder's LoRA (none when it has none)."""
     from .lora import lora_metadata, lora_state_dict
 
-    if not getattr(model, "text_encoder_lora", None):
+    if model.text_encoder_lora is None:
         return {}
     return {"text_encoder_lora_layers": lora_state_dict(model.text_encoder),
             "text_encoder_lora_adapter_metadata": lora_metadata(model.text_encoder_lora)}
 
 
 def adapter_trainable_parameters(model) -> list[nn.Parameter]:
-    extra = trainable_params(model.text_encoder) if getattr(model, "text_encoder_lora", None) else []
+    extra = trainable_params(model.text_encoder) if model.text_encoder_lora is not None else []
     return trainable_params(model.denoiser) + extra
 
 
@@ -368,7 +373,7 @@ def adapter_trainable_state_dict(model) -> dict[str, torch.Tensor]:
 
     denoiser = unwrap(model.denoiser)
     state = lora_state_dict(denoiser) if model.lora else full_state_dict(denoiser)
-    if getattr(model, "text_encoder_lora", None):
+    if model.text_encoder_lora is not None:
         state.update({TEXT_ENCODER_PREFIX + k: v for k, v in lora_state_dict(model.text_encoder).items()})
     return state
 
@@ -379,7 +384,7 @@ def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]
     denoiser = unwrap(model.denoiser)
     text = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TEXT_ENCODER_PREFIX)}
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
-    if bool(text) != bool(getattr(model, "text_encoder_lora", None)):
+    if bool(text) != (model.text_encoder_lora is not None):
         raise KeyError("the checkpoint's text-encoder LoRA does not match model.text_encoder_lora "
                        f"({'present' if text else 'absent'} in the checkpoint)")
     if text:
@@ -391,7 +396,8 @@ def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]
 
 
 def prompt_embeds_kwargs(embeds: torch.Tensor, negative: torch.Tensor | None) -> dict[str, Any]:
-    """The stock pipelines' keywords for precomputed text states (LTX adds its masks: see ltx.py)."""
+    """The stock pipelines' keywords for precomputed text states: every family's ``prompt_kwargs`` but
+    LTX's, which adds the masks (ltx.py)."""
     kwargs: dict[str, Any] = {"prompt_embeds": embeds}
     if negative is not None:
         kwargs["negative_prompt_embeds"] = negative
@@ -440,7 +446,7 @@ def adapter_generate(model, prompts: list[str], *, num_inference_steps: int, gui
     the stock pipeline's video."""
     embeds = model.encode_prompts(list(prompts))
     negative = model.encode_prompts([""] * len(prompts)) if guidance_scale > 1 else None
-    prompt_kwargs = getattr(model, "prompt_kwargs", prompt_embeds_kwargs)(embeds, negative)
+    prompt_kwargs = model.prompt_kwargs(embeds, negative)
     denoiser = model.denoiser
     was_training = denoiser.training
     denoiser.eval()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..config import LoraConfig
+from ..config import LoraConfig, enum_value
 
 # The attention projections of a CLIP text encoder (transformers' CLIPAttention), as ExponentialML's
 # and diffusers' text-encoder LoRA training target them.
@@ -29,7 +29,7 @@ def text_encoder_lora_settings(denoiser_settings: LoraConfig) -> LoraConfig:
 def validate_text_encoder_lora(cfg) -> None:
     from ..errors import ConfigError
 
-    if cfg.text_encoder_lora and str(getattr(cfg.finetune, "value", cfg.finetune)) != "lora":
+    if cfg.text_encoder_lora and str(enum_value(cfg.finetune)) != "lora":
         raise ConfigError("model.text_encoder_lora=true adds LoRA beside the denoiser's: it needs model.finetune=lora")
 
 

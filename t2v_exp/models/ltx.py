@@ -42,13 +42,11 @@ from ..errors import ConfigError, require_multiple
 from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
+from .spec import FamilySpec
 
 log = logging.getLogger(__name__)
 
 FAMILY = "ltx"
-BASE_LICENSE = "other"  # the model card's license when the checkpoint's own card does not say
-#: Bump when build_tiny changes so stale ltx twins in users' caches are rebuilt.
-TINY_VERSION = "3"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
 #: LTXPipeline.check_inputs rejects any height/width that is not a multiple of 32, whatever the VAE.
 PIPELINE_SPATIAL_MULTIPLE = 32
@@ -279,7 +277,7 @@ def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/ltx_vae (else fitted once per cache)."""
     from diffusers import AutoencoderKLLTXVideo
 
-    return tiny.fitted_shared_vae("ltx_vae", AutoencoderKLLTXVideo, tiny_vae, build_tiny_vae, version=TINY_VERSION)
+    return tiny.fitted_shared_vae("ltx_vae", AutoencoderKLLTXVideo, tiny_vae, build_tiny_vae, version=SPEC.tiny_version)
 
 
 def build_tiny(out_dir: Path) -> None:
@@ -303,7 +301,6 @@ def build_tiny(out_dir: Path) -> None:
     pipeline.save_pretrained(out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"ltx": build_tiny}
 # Lightricks/LTX-Video: diffusers' LTXVideoTransformer3DModel and AutoencoderKLLTXVideo defaults are its
 # config (28 layers of 32x64, 128 latent channels); T5-XXL text.
 PUBLISHED_ARCHITECTURES = {
@@ -318,7 +315,7 @@ PUBLISHED_ARCHITECTURES = {
 
 def resolve_checkpoint(pretrained: str, cache_dir: str | None) -> str:
     return common.checkpoint_dir(pretrained, cache_dir, what="LTX-Video", allow_patterns=SUBFOLDERS,
-                                 tiny_builders=TINY_BUILDERS, tiny_version=TINY_VERSION)
+                                 tiny_builders=SPEC.tiny_builders, tiny_version=SPEC.tiny_version)
 
 
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
@@ -356,11 +353,19 @@ class LTXModel:
     family = FAMILY
     trainable_scope = None  # every trainable parameter belongs to the transformer
     denoiser_subfolder = "transformer"
+    text_encoder_lora = None  # T5: no text-encoder LoRA
+    # None although encode_prompts cuts at model.max_sequence_length: the latent cache's text entries have
+    # always been keyed without it (a known gap: changing the length reuses the other length's entries).
+    max_text_tokens = None
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
         (root,) = common.resolve_all(cfg, [lambda: resolve_checkpoint(cfg.pretrained, cache_dir)])
         return root
+
+    @property
+    def roots(self) -> str:
+        return self.root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -499,3 +504,20 @@ class LTXModel:
 
         common.export_transformer(LTXPipeline, common.unwrap(self.denoiser), self.lora, Path(out_dir),
                                   Path(out_dir) / "transformer")
+
+
+def objective_label(model: LTXModel) -> str:
+    # The objective is built per token count (model.shift=null: the shift depends on the resolution), so
+    # there is no one objective to read a label from.
+    return "flow matching"
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=LTXModel,
+    objective_label=objective_label,
+    base_license="other",  # the model card's license when the checkpoint's own card does not say
+    tiny_builders={"ltx": build_tiny},
+    tiny_version="3",  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips
+    fitted_vaes={"ltx_vae": build_tiny_vae},
+    published_architectures=PUBLISHED_ARCHITECTURES,
+)

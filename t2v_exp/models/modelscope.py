@@ -20,6 +20,7 @@ from .lora import (
     validate_text_encoder_lora,
 )
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
+from .spec import FamilySpec
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -65,7 +66,7 @@ def lora_unet_class():
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
     """A ModelScope pipeline that can take our exported LoRA with ``load_lora_weights``."""
     root = common.checkpoint_dir(pretrained, None, what="ModelScope", allow_patterns=SUBFOLDERS,
-                                 tiny_builders=TINY_BUILDERS)  # tiny:modelscope works here too
+                                 tiny_builders=SPEC.tiny_builders)  # tiny:modelscope works here too
     unet = lora_unet_class().from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
     pipe = text_to_video_pipeline_class().from_pretrained(root, unet=unet, torch_dtype=torch_dtype)
     if lora_dir:
@@ -98,7 +99,6 @@ def build_tiny(out_dir: Path) -> None:
     pipeline.save_pretrained(out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"modelscope": build_tiny}
 # ali-vilab/text-to-video-ms-1.7b: UNet3D (diffusers defaults are its config), SD VAE, OpenCLIP ViT-H text.
 PUBLISHED_ARCHITECTURES = {
     "modelscope": published.Architecture(
@@ -110,7 +110,6 @@ PUBLISHED_ARCHITECTURES = {
 
 
 FAMILY = "modelscope"
-BASE_LICENSE = "cc-by-nc-4.0"  # the model card's license when the checkpoint's own card does not say
 
 
 @dataclass
@@ -124,11 +123,17 @@ class ModelScopeModel:
     family = FAMILY
     trainable_scope = None  # every trainable parameter belongs to the UNet3D
     denoiser_subfolder = "unet"
+    text_encoder_lora = None  # its settings once common.attach_text_encoder_lora adds one
+    max_text_tokens = None  # CLIP's own 77 tokens
+
+    @property
+    def roots(self) -> str:
+        return self.root
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
         (root,) = common.resolve_all(cfg, [lambda: common.checkpoint_dir(
-            cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS, tiny_builders=TINY_BUILDERS)])
+            cfg.pretrained, cache_dir, what="ModelScope", allow_patterns=SUBFOLDERS, tiny_builders=SPEC.tiny_builders)])
         return root
 
     @staticmethod
@@ -209,6 +214,9 @@ class ModelScopeModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
+    def prompt_kwargs(self, embeds, negative):
+        return common.prompt_embeds_kwargs(embeds, negative)
+
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)
@@ -228,3 +236,13 @@ class ModelScopeModel:
             )
         else:
             unet.save_pretrained(Path(out_dir) / "unet", safe_serialization=True)
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=ModelScopeModel,
+    base_license="cc-by-nc-4.0",  # the model card's license when the checkpoint's own card does not say
+    supports_text_encoder_lora=True,
+    tiny_builders={"modelscope": build_tiny},
+    fitted_vaes={"image_vae": tiny.build_image_vae},
+    published_architectures=PUBLISHED_ARCHITECTURES,
+)

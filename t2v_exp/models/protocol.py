@@ -1,15 +1,19 @@
 """The contract between the generic engine and one model family: everything the engine reads.
 
-A family is one module (see registry.py: FAMILY + Config) holding an adapter class that
-satisfies this protocol, a ``build_tiny(out_dir)`` for its tiny twin and a
-``load_pipeline(pretrained, lora_dir=None, ...)`` returning the family's stock diffusers
-pipeline. Everything that differs between families (components, latent layout, scheduler,
-objective, pipeline, what is trainable, geometry rules) lives behind this protocol.
+A family is one module declaring ``SPEC = FamilySpec(...)`` (spec.py) around an adapter class that
+satisfies this protocol, plus a ``load_pipeline(pretrained, lora_dir=None, ...)`` returning the
+family's stock diffusers pipeline. Everything that differs between families (components, latent
+layout, scheduler, objective, pipeline, what is trainable, geometry rules) lives behind this protocol.
+
+This protocol is what every adapter **must** implement: no member is optional, so the engine reads
+each one directly and never asks an adapter whether it has a name. What a family **may** declare
+(extra export formats, a precision check, tiny twins, published architectures, how its objective is
+labelled) is a field of its ``FamilySpec`` with a default.
 
 Construction is two-phase so a bad config fails before any weights load:
 ``roots = cls.resolve(cfg, cache_dir)`` finds (or builds, for tiny twins) the checkpoint,
 ``cls.validate(cfg, roots)`` checks geometry from its JSON configs, then ``cls(cfg, roots)``.
-A family may add ``cls.check_precision(cfg, roots, mixed_precision)`` (also JSON only) to refuse a
+A family's ``FamilySpec.check_precision(cfg, roots, mixed_precision)`` (also JSON only) may refuse a
 precision its checkpoint cannot run in (CogVideoX-5B in fp16).
 """
 
@@ -24,7 +28,7 @@ from torch import nn
 
 @runtime_checkable
 class VideoModel(Protocol):
-    #: The family's name, as in its module's FAMILY and the config's model.family.
+    #: The family's name, as in its ``SPEC.name`` and the config's model.family (spec.spec_for reads it).
     family: str
     #: A substring every trainable parameter name contains (e.g. "motion_modules"), or None.
     trainable_scope: str | None
@@ -39,6 +43,15 @@ class VideoModel(Protocol):
     tokenizer: Any
     #: The LoRA settings (config.LoraConfig) when fine-tuning with LoRA, else None.
     lora: Any
+    #: The text encoder's LoRA settings when it trains too (``model.text_encoder_lora=true``, offered
+    #: where ``FamilySpec.supports_text_encoder_lora``), else None (a class-level default).
+    text_encoder_lora: Any
+    #: The text length prompts are cut and padded to when the adapter sets it itself (it keys the
+    #: latent cache's text entries); None where the tokenizer's own length applies.
+    max_text_tokens: int | None
+    #: What ``resolve`` returned and the adapter was built from: the checkpoint directory, or a
+    #: tuple of them (AnimateDiff: SD1.5 base, motion adapter).
+    roots: Any
 
     @staticmethod
     def resolve(cfg: Any, cache_dir: str | None) -> Any:
@@ -77,8 +90,9 @@ class VideoModel(Protocol):
     ) -> torch.Tensor:
         """Diffusion loss on one batch; sample i's timestep and noise come from ``generators[i]``."""
 
-    # Optional: ``prompt_kwargs(embeds, negative) -> dict``, the pipeline-call keywords for precomputed
-    # text states (common.prompt_embeds_kwargs when absent: prompt_embeds / negative_prompt_embeds).
+    def prompt_kwargs(self, embeds: torch.Tensor, negative: torch.Tensor | None) -> dict[str, Any]:
+        """The stock pipeline's keywords for precomputed text states (``negative``: the empty prompt's,
+        with classifier-free guidance); most families: common.prompt_embeds_kwargs."""
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The geometry (and text-length) keyword arguments of the stock pipeline's call."""

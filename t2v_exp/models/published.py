@@ -1,6 +1,6 @@
 """Published architectures as facts: what ``python -m t2v_exp.preflight`` builds with random weights.
 
-A family module lists its real presets in ``PUBLISHED_ARCHITECTURES = {preset name: Architecture}``
+A family lists its real presets in its ``FamilySpec.published_architectures = {preset name: Architecture}``
 (the registry gathers them, as it does tiny builders). Each names the tiny twin to start from (its
 locally made tokenizer, its scheduler and ``model_index.json`` are kept) and the components to
 replace, per config key that locates a checkpoint: the denoiser and VAE exactly as published (a

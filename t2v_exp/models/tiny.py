@@ -123,7 +123,8 @@ def _fit_to_shape_frames(vae) -> dict:
     return fit_image_vae(vae, shapes_frames())
 
 
-# The 2-D VAE the ModelScope and SD1.5 twins share, fitted to the shapes data (tiny_vae.py).
+# The 2-D VAE the ModelScope and SD1.5 twins share, fitted to the shapes data (tiny_vae.py); both
+# families declare it in their FamilySpec.fitted_vaes.
 build_image_vae = fitted_vae_builder(image_vae, _fit_to_shape_frames)
 
 
@@ -184,29 +185,19 @@ def fitted_image_vae():
     return fitted_shared_vae("image_vae", AutoencoderKL, image_vae, build_image_vae)
 
 
-#: Tiny parts shared by several families; each family's own twins are built by its module's
-#: build_tiny (passed to tiny_checkpoint by the family), so this module never imports a family.
-BUILDERS: dict[str, Callable[[Path], None]] = {
-    "image_vae": build_image_vae,
-}
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("T2V_EXP_CACHE", Path.home() / ".cache" / "t2v_exp"))
 
 
-def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None,
-                    builder: Callable[[Path], None] | None = None, version: str = "") -> str:
-    """Directory of the tiny twin ``name``, built on first use by ``builder`` (a family module's
-    ``build_tiny``; default: the shared builders in :data:`BUILDERS`). ``version`` is the family's
-    own builder version: bumping it rebuilds that family's twins only.
+def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None, *,
+                    builder: Callable[[Path], None], version: str = "") -> str:
+    """Directory of the tiny twin ``name``, built on first use by ``builder`` (one of a family's
+    ``FamilySpec.tiny_builders``, or a shared VAE's fitting builder), so this module never imports a
+    family. ``version`` is the family's own builder version: bumping it rebuilds that family's twins only.
 
     Built into a temporary directory and renamed into place, so a crash mid-build never leaves
     a half-written twin that a later run would load.
     """
-    builder = builder or BUILDERS.get(name)
-    if builder is None:
-        raise ValueError(f"Unknown tiny checkpoint '{name}'; valid: {sorted(BUILDERS)} or a family's tiny twin")
     import diffusers
     import transformers
 

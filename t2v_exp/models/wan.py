@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +44,11 @@ from ..errors import ConfigError, require_multiple
 from . import comfyui, common, published, tiny
 from .lora import add_lora, lora_settings, lora_state_dict
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
+from .spec import FamilySpec, TinyBuilder
 
 log = logging.getLogger(__name__)
 
 FAMILY = "wan"
-BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
-#: Bump when a builder here (or in wan22.py) changes so stale Wan twins in users' caches are rebuilt.
-TINY_VERSION = "4"  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips; 4: 64-wide, 4-layer transformer
-EXPORT_FORMATS = ("diffusers", "comfyui")
 #: diffusers module name -> the original Wan checkpoint's, which ComfyUI's LoRA loader (and diffusers'
 #: own reader of such files) expects; the inverse of diffusers' convert_wan_to_diffusers renaming.
 COMFYUI_NAMES = (
@@ -234,7 +232,7 @@ def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/wan_vae (else fitted once per cache)."""
     from diffusers import AutoencoderKLWan
 
-    return tiny.fitted_shared_vae("wan_vae", AutoencoderKLWan, tiny_vae, build_tiny_vae, version=TINY_VERSION)
+    return tiny.fitted_shared_vae("wan_vae", AutoencoderKLWan, tiny_vae, build_tiny_vae, version=SPEC.tiny_version)
 
 
 def tiny_pipeline_parts(out_dir: Path) -> dict:
@@ -260,7 +258,6 @@ def build_tiny(out_dir: Path) -> None:
     WanPipeline(**parts, transformer=tiny_transformer()).save_pretrained(out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"wan": build_tiny}
 # Wan-AI/Wan2.1-T2V-1.3B-Diffusers: 12 heads of 128, 30 layers, FFN 8960 (the class defaults are the 14B);
 # AutoencoderKLWan's defaults are the released VAE (with its latent statistics); UMT5-XXL text.
 PUBLISHED_ARCHITECTURES = {
@@ -275,9 +272,11 @@ PUBLISHED_ARCHITECTURES = {
 
 
 def resolve_checkpoint(pretrained: str, cache_dir: str | None, *, what: str = "Wan 2.1",
-                       allow_patterns: list[str] = SUBFOLDERS, builders: dict = TINY_BUILDERS) -> str:
+                       allow_patterns: list[str] = SUBFOLDERS, builders: Mapping[str, TinyBuilder] | None = None) -> str:
+    """``builders``: the twins ``tiny:<name>`` may name (default: Wan 2.1's); Wan 2.2's share Wan 2.1's tiny version."""
     return common.checkpoint_dir(pretrained, cache_dir, what=what, allow_patterns=allow_patterns,
-                                 tiny_builders=builders, tiny_version=TINY_VERSION)
+                                 tiny_builders=SPEC.tiny_builders if builders is None else builders,
+                                 tiny_version=SPEC.tiny_version)
 
 
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
@@ -409,11 +408,16 @@ class WanModel:
     family = FAMILY
     trainable_scope = None  # every trainable parameter belongs to the transformer
     denoiser_subfolder = "transformer"
+    text_encoder_lora = None  # UMT5: no text-encoder LoRA
 
     @staticmethod
     def resolve(cfg, cache_dir: str | None) -> str:
         (root,) = common.resolve_all(cfg, [lambda: resolve_checkpoint(cfg.pretrained, cache_dir)])
         return root
+
+    @property
+    def roots(self) -> str:
+        return self.root
 
     @staticmethod
     def validate(cfg, root: str) -> None:
@@ -498,6 +502,9 @@ class WanModel:
     def stock_pipeline(self, lora_dir: str | None = None):
         return load_pipeline(self.root, lora_dir)
 
+    def prompt_kwargs(self, embeds, negative):
+        return common.prompt_embeds_kwargs(embeds, negative)
+
     def generate(self, prompts, *, num_inference_steps, guidance_scale, generator):
         return common.adapter_generate(self, prompts, num_inference_steps=num_inference_steps,
                                        guidance_scale=guidance_scale, generator=generator)
@@ -527,3 +534,15 @@ def export_comfyui(transformer: nn.Module, lora, path: Path) -> Path:
     """The LoRA in ComfyUI's layout (LoraLoaderModelOnly on a Wan model; also what
     ``WanPipeline.load_lora_weights`` reads as a non-diffusers file)."""
     return comfyui.save_comfyui_lora(path, lora_state_dict(transformer), COMFYUI_NAMES, alpha=lora.alpha)
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=WanModel,
+    export_formats=("diffusers", "comfyui"),
+    base_license="apache-2.0",  # the model card's license when the checkpoint's own card does not say
+    tiny_builders={"wan": build_tiny},
+    # Bump when a builder here (or in wan22.py, whose twins share it) changes so stale twins are rebuilt.
+    tiny_version="4",  # 2: 32-token T5 tokenizer; 3: VAE fitted to shapes clips; 4: 64-wide, 4-layer transformer
+    fitted_vaes={"wan_vae": build_tiny_vae},
+    published_architectures=PUBLISHED_ARCHITECTURES,
+)

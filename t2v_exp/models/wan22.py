@@ -49,17 +49,16 @@ from torch import nn
 from ..errors import ConfigError
 from . import comfyui, common, wan
 from .lora import load_lora_state_dict, lora_settings, lora_state_dict
+from .spec import FamilySpec
 
 log = logging.getLogger(__name__)
 
 FAMILY = "wan22"
-BASE_LICENSE = "apache-2.0"  # the model card's license when the checkpoint's own card does not say
 SUBFOLDERS = ["transformer/*", "transformer_2/*", *wan.PIPELINE_PARTS]
 #: model.experts name -> pipeline component, in the order the pipeline uses them (high noise first).
 EXPERTS = {"high": "transformer", "low": "transformer_2"}
 #: ComfyUI file name suffix per expert (its Wan 2.2 workflows load a high- and a low-noise LoRA).
 COMFYUI_SUFFIX = {"transformer": "high_noise", "transformer_2": "low_noise"}
-EXPORT_FORMATS = wan.EXPORT_FORMATS
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what WanPipeline.save_lora_weights writes
 #: The T2V A14B split (diffusers' convert_wan_to_diffusers.py; Wan2.2's t2v_A14B config).
 PUBLISHED_BOUNDARY_RATIO = 0.875
@@ -146,12 +145,9 @@ def build_tiny(out_dir: Path) -> None:
         out_dir, safe_serialization=True)
 
 
-TINY_BUILDERS = {"wan22": build_tiny}
-
-
 def resolve_checkpoint(pretrained: str, cache_dir: str | None) -> str:
     return wan.resolve_checkpoint(pretrained, cache_dir, what="Wan 2.2", allow_patterns=SUBFOLDERS,
-                                  builders=TINY_BUILDERS)
+                                  builders=SPEC.tiny_builders)
 
 
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32,
@@ -277,3 +273,20 @@ class Wan22Model(wan.WanModel):
             if self.lora and "comfyui" in self.cfg.export_formats:  # ComfyUI loads one file per noise level
                 name = f"{self.cfg.name}_{COMFYUI_SUFFIX[component]}.safetensors"
                 wan.export_comfyui(experts[component], self.lora, Path(out_dir) / comfyui.DIRECTORY / name)
+
+
+def objective_label(model: Wan22Model) -> str:
+    """One flow-matching objective per expert, each on its own noise range: labelled once, with the count."""
+    labels = sorted({objective.label for objective in model.objectives.values()})
+    return f"{', '.join(labels)} ({len(model.objectives)} experts)"
+
+
+SPEC = FamilySpec(
+    name=FAMILY, config=Config, adapter=Wan22Model,
+    objective_label=objective_label,
+    export_formats=wan.SPEC.export_formats,
+    base_license="apache-2.0",  # the model card's license when the checkpoint's own card does not say
+    tiny_builders={"wan22": build_tiny},
+    tiny_version=wan.SPEC.tiny_version,  # the twins share Wan 2.1's parts (wan.resolve_checkpoint builds with it)
+    fitted_vaes={"wan_vae": wan.build_tiny_vae},
+)

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="commit a finished pretraining run as a tiny base")
     rec.add_argument("run_dir")
     vae = sub.add_parser("record-vae", help="fit a shared tiny VAE afresh and commit it")
-    vae.add_argument("name", help="image_vae | cogvideox_vae | wan_vae | ltx_vae")
+    vae.add_argument("name", help="a shared VAE a family declares in FamilySpec.fitted_vaes, e.g. wan_vae")
     again = sub.add_parser("rescore", help="score committed bases again with today's oracle (weights untouched)")
     again.add_argument("bases", nargs="*", help="base names (default: every base with oracle scores)")
     sub.add_parser("list", help="the committed tiny bases and their oracle scores")

@@ -75,10 +75,6 @@ def rescore(twin: str, out_root: Path = BUNDLE_ROOT, work_dir: Path | None = Non
     return rec["oracle"]
 
 
-# model.* keys that name a checkpoint, in the order the family's resolve() returns their directories.
-CHECKPOINT_KEYS = ("pretrained", "motion_adapter")
-
-
 def twin_components(twin_root: Path, twin: str) -> list[str]:
     """The twin's weight-holding subfolders; weights at its root (a MotionAdapter) are component ``twin``."""
     components = {p.parent.name for p in twin_root.glob("*/*.safetensors")}
@@ -91,7 +87,9 @@ def pretrained_twins(cfg, run_dir: Path) -> dict[str, Path]:
     """{twin: its random twin's directory} for every checkpoint the run started from (AnimateDiff: two)."""
     from hydra.utils import get_class
 
-    keys = [k for k in CHECKPOINT_KEYS if cfg.model.get(k) is not None]
+    from ..models.spec import spec_for  # the model families (torch) only when recording
+
+    keys = spec_for(cfg.model).checkpoint_keys
     roots = get_class(cfg.model._target_).resolve(cfg.model, cfg.paths.cache_dir)
     roots = (roots,) if isinstance(roots, str) else tuple(roots)
     twins = {}
@@ -176,22 +174,18 @@ def file_fields(files: dict[str, str]) -> dict:
             "bundle_sha256": hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(files.items())).encode()).hexdigest()}
 
 
-# Shared VAEs fitted to the shapes data: (module, fitting builder). Committed so no machine fits them.
-FITTED_VAES = {"image_vae": ("t2v_exp.models.tiny", "build_image_vae"),
-               "cogvideox_vae": ("t2v_exp.models.cogvideox", "build_tiny_vae"),
-               "wan_vae": ("t2v_exp.models.wan", "build_tiny_vae"),
-               "ltx_vae": ("t2v_exp.models.ltx", "build_tiny_vae")}
-
-
 def record_vae(name: str, out_root: Path = BUNDLE_ROOT) -> Path:
-    """Fit shared VAE ``name`` afresh (never from an earlier bundle) and commit it with its fit figures."""
-    import importlib
+    """Fit shared VAE ``name`` afresh (never from an earlier bundle) and commit it with its fit figures.
+    The shared VAEs are the ones the families declare (``FamilySpec.fitted_vaes``); committed so no
+    machine fits them."""
     import tempfile
 
-    if name not in FITTED_VAES:
-        raise ConfigError(f"unknown fitted VAE '{name}'; valid: {sorted(FITTED_VAES)}")
-    module_name, builder_name = FITTED_VAES[name]
-    builder = getattr(importlib.import_module(module_name), builder_name)
+    from ..models.registry import fitted_vaes  # the model families (torch) only when recording
+
+    builders = fitted_vaes()
+    if name not in builders:
+        raise ConfigError(f"unknown fitted VAE '{name}'; valid: {sorted(builders)}")
+    builder = builders[name]
     with tempfile.TemporaryDirectory(prefix=f"t2v_fit_{name}_") as staging:
         fitted = Path(staging)
         builder(fitted)

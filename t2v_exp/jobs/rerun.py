@@ -35,6 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine.checkpoint import fingerprint, flat_settings
+from ..engine.resume import compatible_checkpoints
+from .lock import RunDirLock
+from .status import write_atomically
+
 log = logging.getLogger(__name__)
 # Settings that change neither the trained weights nor the evaluation (flat keys, prefixes).
 NOT_IDENTITY = ("logger.", "sweep_resume", "train.stop_after_steps", "push_to_hub", "hub_repo_id")
@@ -53,8 +58,6 @@ STAY_IN_PLACE = {".hydra", ".train.lock", "status.json", "train.log", PREVIOUS_A
 
 def job_identity(cfg, world_size: int) -> str:
     """A digest of everything that shapes a job's result (see the module docstring)."""
-    from .engine.checkpoint import fingerprint, flat_settings
-
     settings = {key: value for key, value in flat_settings(cfg).items() if not key.startswith(NOT_IDENTITY)}
     record = {"fingerprint": fingerprint(cfg, world_size), "settings": settings}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -80,8 +83,6 @@ class Attempt:
     def interrupted(self) -> bool:
         """Killed (status still "running"), preempted ("interrupted") or stopped early ("ok",
         unfinished), with nobody training it now."""
-        from .engine.checkpoint import RunDirLock
-
         if self.status.get("status") not in ("running", "interrupted", "ok") or self.completed:
             return False
         holder = RunDirLock.holder(self.job_dir)
@@ -131,8 +132,6 @@ class Plan:
 def plan_job(attempts: list[Attempt], expected_fingerprint: dict) -> Plan:
     """Any completed attempt is reused; else the newest interrupted one with an intact, compatible
     checkpoint is resumed; else (failed attempts, none at all) the job runs from the start."""
-    from .engine.checkpoint import compatible_checkpoints
-
     for attempt in attempts:
         if attempt.completed:
             return Plan("reuse", attempt)
@@ -181,8 +180,6 @@ def carry_over(attempt: Attempt, job_dir: Path, step: int) -> None:
     attempt's rows up to that step (rows past it belong to work the kill discarded), so the loss
     curve reads as one uninterrupted run; from another dir, also bring the validation samples up
     to that step (the trainer itself brings the base model's evaluation on any resume)."""
-    from .sweep import write_atomically
-
     job_dir = Path(job_dir)
     source = attempt.job_dir / "metrics.jsonl"
     rows = []

@@ -1,0 +1,1 @@
+"""A job's life around the recipe: its run-dir lock, status.json, failure policy and sweep resume."""
