@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 def readme_table(report: dict) -> str:
     """The comparison as the README shows it: the primary score first, then the exploratory ones."""
-    from t2v_exp.comparison import change_text, p_text, verdict
+    from t2v_exp.scoring.comparison import change_text, p_text, verdict
 
     protocol = report["comparison_protocol"]
     rows = [(f"{m}/{s}", row) for m, scores in report["comparison"].items() for s, row in scores.items()]
@@ -49,7 +49,7 @@ def strip_pair(base_video: Path, tuned_video: Path, out: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from t2v_exp.sampling import decoded_frames, frame_strip
+    from t2v_exp.scoring.sampling import decoded_frames, frame_strip
 
     rows = [frame_strip(decoded_frames(v), 4) for v in (base_video, tuned_video)]
     gap = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
@@ -104,7 +104,7 @@ def main() -> int:
             print(done.stderr[-4000:], file=sys.stderr)
             return done.returncode
         report = json.loads((run_dir / "eval" / "metrics.json").read_text())
-        from t2v_exp.comparison import format_comparison
+        from t2v_exp.scoring.comparison import format_comparison
 
         table = format_comparison(report["comparison"])
         print(table)

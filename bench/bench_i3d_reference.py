@@ -132,7 +132,7 @@ def compare(count: int, venv: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from t2v_exp.weights import weights_dir
+    from t2v_exp.metrics.detector_weights import weights_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=4)

@@ -109,11 +109,18 @@ def derives_from(name: str, target: str, classes: dict[str, list[str]]) -> bool:
 
 
 def caught_names(trees: dict[str, ast.AST]) -> set[str]:
+    """Names in ``except`` clauses and in ``isinstance(x, ...)`` tests (how a failure policy handles them)."""
     names = set()
     for tree in trees.values():
         for node in ast.walk(tree):
+            handled = None
             if isinstance(node, ast.ExceptHandler) and node.type is not None:
-                for sub in ast.walk(node.type):
+                handled = node.type
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+                  and len(node.args) == 2):
+                handled = node.args[1]
+            if handled is not None:
+                for sub in ast.walk(handled):
                     if isinstance(sub, ast.Name):
                         names.add(sub.id)
                     elif isinstance(sub, ast.Attribute):
@@ -150,7 +157,9 @@ def measure(root: Path) -> Shape:
     classes = exception_classes(trees)
     caught = caught_names(trees)
     for name in sorted(classes):
-        if not derives_from(name, "UserError", classes) and name not in caught and name != "UserError":
+        # Caught by its own name or by a project base class's (ShortClipError as VideoDecodeError).
+        handled = name in caught or any(derives_from(name, base, classes) for base in caught & set(classes))
+        if not derives_from(name, "UserError", classes) and not handled and name != "UserError":
             shape.uncaught_non_user_errors.append(name)
     shape.upward_imports = sorted(set(shape.upward_imports))
     return shape

@@ -186,7 +186,7 @@ class EvalSettings:
     """What to generate and how to score it (``evaluation.*`` in train.yaml, top level in evaluate.yaml)."""
 
     # [auto]: temporal, FVD when the videos have its 16 frames (detector fetched by `make install`),
-    # shapes_oracle for shapes prompts; weight-file metrics are opt-in (t2v_exp.evaluation.resolve_metrics).
+    # shapes_oracle for shapes prompts; weight-file metrics are opt-in (t2v_exp.scoring.evaluation.resolve_metrics).
     metrics: list[str] = field(default_factory=lambda: ["auto"])
     num_videos: int = 16  # videos in all (N of FVD): num_videos / seeds_per_prompt prompts
     # 1: the prompt is the unit of every interval, so a video budget buys most precision as prompts.

@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import config as config_schema
 from .config import register_configs
 from .engine.batches import instantiate_dataset
-from .errors import USER_ERRORS
-from .evaluation import (
+from .errors import USER_ERRORS, UserError
+from .jobs.adopt import adopt_run_config, autocast_for, device_and_precision, load_model
+from .quiet import quiet_logs
+from .scoring.evaluation import (
     AUTO,
     check_plan_against_baseline,
     evaluate_model,
@@ -31,8 +33,6 @@ from .evaluation import (
     problems,
     score_and_report,
 )
-from .quiet import quiet_logs
-from .runs import adopt_run_config, autocast_for, device_and_precision, load_model
 
 log = logging.getLogger("t2v_exp.evaluate")
 DEFAULT_EVAL_GROUP = "eval"  # evaluate.yaml's logger.group
@@ -40,7 +40,7 @@ DEFAULT_EVAL_GROUP = "eval"  # evaluate.yaml's logger.group
 register_configs()
 
 
-class EvaluationIncomplete(ValueError):
+class EvaluationIncomplete(UserError, ValueError):
     """A requested metric has no score, or the baseline comparison was refused (metrics.json is written)."""
 
 

@@ -25,7 +25,7 @@ register_configs()
 
 
 def prompt_list(cfg: DictConfig) -> list[str]:
-    from .evaluation import read_prompts_file
+    from .scoring.evaluation import read_prompts_file
 
     if bool(cfg.prompt) == bool(cfg.prompts):
         raise ConfigError('give exactly one of prompt="a red circle moving up" or prompts=FILE '
@@ -51,9 +51,9 @@ def write_png(path: Path, image) -> None:
 
 def generate(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Generate every (prompt, seed) of ``cfg`` into ``out_dir``; returns the prompts.jsonl records."""
+    from .jobs.adopt import adopt_run_config, autocast_for, device_and_precision, load_model
     from .models import resolve_and_validate
-    from .runs import adopt_run_config, autocast_for, device_and_precision, load_model
-    from .sampling import frame_strip, generate_videos, write_videos
+    from .scoring.sampling import frame_strip, generate_videos, write_videos
 
     prompts = prompt_list(cfg)
     if cfg.seeds_per_prompt < 1:

@@ -19,12 +19,12 @@ from .config import register_configs
 from .engine.export import export_final
 from .engine.setup import build_parts, frozen_on_accelerator, require_writable, validate_run
 from .engine.trainer import Trainer
-from .evaluation import evaluate_in_training
 from .jobs.lock import RunDirLock
 from .jobs.policy import run_as_job
-from .model_card import publish
 from .models.spec import objective_label
 from .quiet import quiet_logs
+from .scoring.evaluation import evaluate_in_training
+from .scoring.model_card import publish
 
 log = logging.getLogger("t2v_exp.train")
 register_configs()

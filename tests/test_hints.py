@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from t2v_exp.config import compose_job_config
-from t2v_exp.evaluation import entrypoint_hints
 from t2v_exp.metrics.suite import compute_metrics
+from t2v_exp.scoring.evaluation import entrypoint_hints
 
 from .conftest import REPO
 

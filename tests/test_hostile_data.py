@@ -291,7 +291,7 @@ def test_line_aligned_videos_file_cannot_escape_either(tmp_path):
 def test_scoring_a_folder_skips_bombs_and_sizes_clips_by_the_common_frame_size(tmp_path):
     """evaluate videos=DIR: a huge first file no longer sets the size (and memory) of every clip."""
     from t2v_exp.data.video_io import write_video
-    from t2v_exp.evaluation import FOLDER_MAX_SIDE, load_video_folder
+    from t2v_exp.scoring.evaluation import FOLDER_MAX_SIDE, load_video_folder
 
     folder = tmp_path / "videos"
     folder.mkdir()

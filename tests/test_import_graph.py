@@ -79,3 +79,61 @@ def test_the_package_has_no_import_cycles():
     assert "t2v_exp.models.common" in graph and graph["t2v_exp.models.cogvideox"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# -- layering ------------------------------------------------------------------------------------
+# The top level holds the entrypoints (thin readers of a config) and the foundations every layer
+# may use; everything else lives in a package named for its role.
+ENTRYPOINTS = {f"t2v_exp.{name}" for name in ("train", "evaluate", "generate", "report", "preflight", "weights", "rate")}
+FOUNDATIONS = {f"t2v_exp.{name}" for name in ("config", "errors", "quiet", "help")}
+# What the engine may know of the model families: the facade, the protocol every family implements
+# and the declared spec; never a family module or a family's helpers.
+ENGINE_MAY_IMPORT_FROM_MODELS = {"t2v_exp.models", "t2v_exp.models.protocol", "t2v_exp.models.spec"}
+
+
+def is_top_level(module: str) -> bool:
+    """A module directly under t2v_exp/ (a subpackage's __init__ is its package, not the top level)."""
+    return module.count(".") == 1 and not (PACKAGE / module.split(".")[1]).is_dir()
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imports in sorted(graph.items()):
+        in_package = not is_top_level(module) and module != "t2v_exp"
+        for target in sorted(imports):
+            if module not in ENTRYPOINTS and target in ENTRYPOINTS:
+                found.append(f"{module} -> {target}: a library imports an entrypoint")
+            elif in_package and is_top_level(target) and target not in FOUNDATIONS:
+                found.append(f"{module} -> {target}: a package imports a top-level module beyond the foundations")
+            if (module.startswith("t2v_exp.engine.") and target.startswith("t2v_exp.models")
+                    and target not in ENGINE_MAY_IMPORT_FROM_MODELS):
+                found.append(f"{module} -> {target}: the engine knows models through the protocol only")
+    return found
+
+
+def test_the_layering_checker_finds_each_kind_of_violation():
+    graph = {
+        "t2v_exp.metrics.fvd": {"t2v_exp.weights", "t2v_exp.config"},       # upward, and into an entrypoint
+        "t2v_exp.reporting.table": {"t2v_exp.comparison"},                  # upward into a library
+        "t2v_exp.engine.trainer": {"t2v_exp.models.cogvideox", "t2v_exp.models.protocol"},
+        "t2v_exp.train": {"t2v_exp.engine.trainer", "t2v_exp.models.cogvideox"},  # entrypoints may
+    }
+    found = layering_violations(graph)
+    assert found == [
+        "t2v_exp.engine.trainer -> t2v_exp.models.cogvideox: the engine knows models through the protocol only",
+        "t2v_exp.metrics.fvd -> t2v_exp.weights: a library imports an entrypoint",
+        "t2v_exp.reporting.table -> t2v_exp.comparison: a package imports a top-level module beyond the foundations",
+    ]
+
+
+def test_the_package_keeps_its_layers():
+    graph = import_graph()
+    assert graph["t2v_exp.train"], "the graph reads the entrypoints' imports"
+    violations = layering_violations(graph)
+    assert not violations, "\n".join(violations)
+
+
+def test_the_top_level_holds_only_entrypoints_and_foundations():
+    top = {module for module in import_graph() if is_top_level(module)}
+    assert top - ENTRYPOINTS - FOUNDATIONS == set(), "a library at the top level: give it a package named for its role"
+    assert {"t2v_exp.train", "t2v_exp.config"} <= top

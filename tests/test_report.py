@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2v_exp.comparison import compare
 from t2v_exp.data.video_io import write_video
-from t2v_exp.evaluation import summarize
 from t2v_exp.report import write_report
+from t2v_exp.scoring.comparison import compare
+from t2v_exp.scoring.evaluation import summarize
 
 from .conftest import REPO
 

@@ -243,14 +243,14 @@ class CaptionedSplit:
 
 
 def plan_of(prompts, seeds_per_prompt):
-    from t2v_exp.evaluation import PlannedVideo
+    from t2v_exp.scoring.evaluation import PlannedVideo
 
     return [PlannedVideo(index=i, prompt=prompts[i // seeds_per_prompt], prompt_index=i // seeds_per_prompt,
                          repeat=i % seeds_per_prompt, seed=i) for i in range(len(prompts) * seeds_per_prompt)]
 
 
 def test_reference_is_the_clips_of_the_plans_prompts_in_the_same_mix():
-    from t2v_exp.evaluation import reference_selection
+    from t2v_exp.scoring.evaluation import reference_selection
 
     split = CaptionedSplit(["a", "x", "b", "a", "c", "a", "b"])
     indices, record = reference_selection(split, plan_of(["b", "a"], seeds_per_prompt=2))
@@ -261,15 +261,15 @@ def test_reference_is_the_clips_of_the_plans_prompts_in_the_same_mix():
 
 
 def test_prompts_without_clips_fall_back_to_the_first_clips_with_a_warning():
-    from t2v_exp.evaluation import reference_selection
+    from t2v_exp.scoring.evaluation import reference_selection
 
     indices, record = reference_selection(CaptionedSplit(["a", "b", "c", "d", "e"]), plan_of(["p", "q"], 2))
     assert indices == [0, 1, 2, 3] and "first 4 clips" in record["selection"] and "prompts=FILE" in record["warning"]
 
 
 def test_generated_videos_are_scored_as_decoded_from_their_files(tmp_path):
-    from t2v_exp.evaluation import decoded_videos
-    from t2v_exp.sampling import write_videos
+    from t2v_exp.scoring.evaluation import decoded_videos
+    from t2v_exp.scoring.sampling import write_videos
 
     # smooth moving gradients (odd sizes: padded to even when written, cropped back when decoded)
     rows, cols = torch.linspace(0, 1, 33)[:, None], torch.linspace(0, 1, 35)[None, :]

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.buckets import bucket_batches
+from ..errors import UserError
 
 
 @dataclass
@@ -165,7 +166,7 @@ class EpochItems(Dataset):
         return self.dataset[index]
 
 
-class DataLoadingError(RuntimeError):
+class DataLoadingError(UserError, RuntimeError):
     """A data loader worker died; the message names the files it was reading."""
 
     def __init__(self, where: str, cause: BaseException):

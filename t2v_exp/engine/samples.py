@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..sampling import generate_videos, write_videos
+from ..scoring.sampling import generate_videos, write_videos
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
 from ..engine.checkpoint import CHECKPOINT_RE, fingerprint
+from ..engine.preemption import TrainingInterrupted
 from ..errors import USER_ERRORS, RunDirLockedError
 from .lock import RunDirLock
 from .rerun import carry_over, earlier_attempts, job_identity, plan_job, reuse, set_aside
@@ -72,10 +73,9 @@ def handle_failure(raised: BaseException, status: JobStatus, pinned: str | None)
     exc = user_facing(raised)
     # A failed write is logged and leaves the last good status.json; the exit stays non-zero below.
     status.write("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", exc, {"gpu": pinned})
-    signum = getattr(exc, "signum", None)  # TrainingInterrupted: preempted after saving a checkpoint
-    if signum is not None:
+    if isinstance(exc, TrainingInterrupted):  # preempted after saving a checkpoint: the signal's exit code
         log.warning("%s", exc)
-        raise SystemExit(128 + signum) from None
+        raise SystemExit(128 + exc.signum) from None
     if is_multirun() and isinstance(exc, Exception):
         log.error("Job failed (%s: %s); the sweep continues. Details: %s", type(exc).__name__, exc, status.path)
         return None

@@ -66,7 +66,7 @@ class JobStatus:
             experiment = HydraConfig.get().runtime.choices.get("experiment")
         except ValueError:  # HydraConfig not set (called outside @hydra.main)
             pass
-        # job_identity: what a rerun of the sweep matches earlier attempts by (t2v_exp/sweep_resume.py)
+        # job_identity: what a rerun of the sweep matches earlier attempts by (t2v_exp/jobs/rerun.py)
         self.base = {"model": cfg.model.name, "dataset": cfg.dataset.name, "experiment": experiment,
                      "job_identity": identity}
         self.write("running")

@@ -105,7 +105,7 @@ class LoadedDetector:
 
 
 def _fetched_detector() -> tuple[Path, dict[str, Any]]:
-    from ..weights import FETCH_COMMAND, fvd_detector_file, fvd_record
+    from .detector_weights import FETCH_COMMAND, fvd_detector_file, fvd_record
 
     path, record = fvd_detector_file(), fvd_record()
     if record is None or not path.is_file():
@@ -283,7 +283,7 @@ _LAST_FEATURES: dict[str, Any] = {}
 
 
 def _features_key(videos: torch.Tensor, reference: torch.Tensor, settings: FVDSettings) -> tuple:
-    from ..weights import fvd_detector_file
+    from .detector_weights import fvd_detector_file
 
     path = Path(os.path.expanduser(settings.detector_path)) if settings.detector_path else fvd_detector_file()
     stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a file replaced in place

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..comparison import change_text, p_text, verdict
 from ..metrics import stats
+from ..scoring.comparison import change_text, p_text, verdict
 from .collect import JobRow
 
 

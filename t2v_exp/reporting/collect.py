@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..comparison import indicative_only
+from ..scoring.comparison import indicative_only
 
 log = logging.getLogger(__name__)
 
-# Keys of a metric entry that are bookkeeping, not scores (same rule as t2v_exp.evaluation).
+# Keys of a metric entry that are bookkeeping, not scores (same rule as t2v_exp.scoring.evaluation).
 NOT_SCORES = {"seconds", "status"}
 # A job whose status.json still says "running" after the sweep ended was killed before it could
 # write its final status (OOM killer, SLURM time limit, Ctrl-C of the whole sweep).
@@ -303,7 +303,7 @@ def _read_evals(row: JobRow, directory: Path) -> None:
 def per_prompt_deltas(base: dict, tuned: dict) -> tuple[dict[tuple[str, str], dict[str, float]], set]:
     """(metric, score) -> {prompt: mean over the prompt's seeds of tuned - base}, pairing videos by
     (prompt, seed) like the evaluator; and which scores are 0/1. Unreadable records give nothing."""
-    from ..comparison import keyed_videos, paired_scores, per_video_values
+    from ..scoring.comparison import keyed_videos, paired_scores, per_video_values
 
     try:
         base_videos, tuned_videos = keyed_videos(base), keyed_videos(tuned)

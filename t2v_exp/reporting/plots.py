@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..comparison import pct_change
+from ..scoring.comparison import pct_change
 from .collect import JobRow, Score, metric_columns
 
 BASE_COLOR, TUNED_COLOR = "#9aa7b8", "#2f6fb5"

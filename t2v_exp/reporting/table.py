@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..comparison import change_text, p_text, verdict
+from ..scoring.comparison import change_text, p_text, verdict
 from .collect import JobRow, Score, metric_columns
 
 DASH = "–"  # an empty cell: the job never produced the value

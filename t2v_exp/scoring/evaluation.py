@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..metrics import stats
+from ..metrics.suite import MetricsSettings, compute_metrics
 from . import comparison
-from .metrics import stats
-from .metrics.suite import MetricsSettings, compute_metrics
 from .sampling import generate_videos, slug, write_videos  # noqa: F401 - re-exported for callers
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def decoded_videos(folder: Path, names: list[str], like: torch.Tensor) -> torch.
 
 def scored_inputs_record(dataset, reference: dict[str, Any] | None) -> dict[str, Any]:
     """How the scored videos and the FVD/KVD reference came to be, for metrics.json (``scored_inputs``)."""
-    from .data.datasets import ShapesDataset
+    from ..data.datasets import ShapesDataset
 
     if reference is None:
         codec = f"generated: {GENERATED_CODEC} (no reference clips)"
@@ -172,7 +172,7 @@ def load_video_folder(folder: str | Path, *, num_frames: int | None = None) -> t
     """Every video file of a folder (sorted), at the most common size (long side at most
     FOLDER_MAX_SIDE) and the shortest length; returns the clips and their file names. Files whose
     header declares more than the media limits (decompression bombs) are skipped, never decoded."""
-    from .data.video_io import VideoDecodeError, check_media_limits, probe_video, read_clip
+    from ..data.video_io import VideoDecodeError, check_media_limits, probe_video, read_clip
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -252,8 +252,8 @@ def resolve_metrics(settings, *, frames: int, has_reference: bool, prompts: list
     enough for its 16-frame protocol (the tiny twins make 8); the shapes oracle when every prompt
     names a shapes-dataset colour and direction. Metrics that need weight files stay opt-in.
     """
-    from .metrics.shapes_oracle import parse_prompt
-    from .metrics.suite import METRIC_NAMES
+    from ..metrics.shapes_oracle import parse_prompt
+    from ..metrics.suite import METRIC_NAMES
 
     requested = list(settings.metrics)
     if AUTO not in requested:
@@ -589,7 +589,7 @@ def evaluate_in_training(cfg, run_dir: Path, model, *, step: int, base: bool, au
     Never fails the run for its numbers: a skipped metric or a refused comparison (eval and
     eval_base not comparable) is recorded in metrics.json and logged, and training goes on.
     """
-    from .engine.batches import instantiate_dataset
+    from ..engine.batches import instantiate_dataset
 
     settings = cfg.evaluation
     out_dir = run_dir / ("eval_base" if base else "eval")

@@ -48,7 +48,7 @@ def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps:
                  seeds: list[int] | None = None) -> list[str]:
     """Files named ``<index>_<prompt slug>[_seed<seed>].mp4``; the index is zero-padded so the
     sorted file order is the generation order."""
-    from .data.video_io import write_video
+    from ..data.video_io import write_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(len(prompts) - 1)))

@@ -135,7 +135,7 @@ def write_sample_strip(final_dir: Path, samples_root: Path) -> bool:
 
 
 def write_model_card(final_dir: Path, cfg, *, model, steps: int, eval_report: dict | None, samples_root: Path) -> Path:
-    from .models.spec import spec_for  # the models package (torch) only once a card is written
+    from ..models.spec import spec_for  # the models package (torch) only once a card is written
 
     family_module = type(model).__module__
     roots = model.roots  # one directory, or several (AnimateDiff): then no single card to read
