@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
+from .help import CONF_DIR, help_text
 
 
 class Finetune(str, Enum):
@@ -274,9 +275,6 @@ def subject_name(run_dir: str | None, model_name: str, dataset_name: str) -> str
 
 
 def register_configs() -> None:
-    from omegaconf import OmegaConf
-
-    from .help import help_text
 
     OmegaConf.register_new_resolver("t2v_subject", subject_name, replace=True)
     OmegaConf.register_new_resolver("t2v_help", help_text, replace=True)
@@ -293,8 +291,6 @@ def register_configs() -> None:
         return
     register_dataset_schemas(cs)
 
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_job_config(overrides=(), run_dir=None, config_name: str = "train") -> DictConfig:

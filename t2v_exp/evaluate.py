@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import config as config_schema
-from .config import register_configs
+from .config import CONF_DIR, register_configs
 from .engine.batches import instantiate_dataset
 from .errors import USER_ERRORS, UserError
 from .jobs.adopt import adopt_run_config, autocast_for, device_and_precision, load_model
@@ -148,7 +148,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict:
             tracker.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     quiet_logs()

@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from .config import register_configs
+from .config import CONF_DIR, register_configs
 from .errors import USER_ERRORS, ConfigError
 from .quiet import quiet_logs
 
@@ -87,7 +87,7 @@ def generate(cfg: DictConfig, out_dir: Path) -> list[dict]:
     return records
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     quiet_logs()

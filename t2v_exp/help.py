@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Absolute, for every entrypoint's @hydra.main: run as a console script (t2v-train), Hydra would read
+# a relative config_path against the script in the venv's bin/ and find no config.
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Per entrypoint: (what it does, its config groups, recipes).

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .help import help_text
+from .help import CONF_DIR, help_text
 from .quiet import quiet_logs
 from .reporting.write import write_report
 
@@ -21,7 +21,7 @@ log = logging.getLogger("t2v_exp.report")
 OmegaConf.register_new_resolver("t2v_help", help_text, replace=True)  # --help (conf/report.yaml)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
 def main(cfg: DictConfig) -> None:
     quiet_logs()
     if OmegaConf.is_missing(cfg, "sweep_dir"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .config import register_configs
+from .config import CONF_DIR, register_configs
 from .engine.export import export_final
 from .engine.setup import build_parts, frozen_on_accelerator, require_writable, validate_run
 from .engine.trainer import Trainer
@@ -30,7 +30,7 @@ log = logging.getLogger("t2v_exp.train")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_logs()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,17 @@ def _select(cfg, key: str):
 
 
 # ----------------------------------------------------------------------------- --help
+
+@pytest.mark.parametrize("script", ["t2v-train", "t2v-evaluate", "t2v-generate", "t2v-report", "t2v-rate"])
+def test_console_scripts_find_their_config_from_any_directory(script, tmp_path):
+    """The installed console scripts (pyproject's [project.scripts]), run outside the checkout: a
+    relative config_path would be read against the script in the venv's bin/ and find no config."""
+    executable = Path(sys.executable).parent / script
+    assert executable.is_file(), f"{executable} missing: the project is not pip-installed in this venv"
+    out = subprocess.run([str(executable), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "python -m t2v_exp." in out.stdout
+
 
 @pytest.mark.parametrize("entrypoint", ["train", "evaluate", "generate", "report"])
 def test_help_lists_real_groups_entrypoints_and_recipes(entrypoint):
