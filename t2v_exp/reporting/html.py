@@ -117,7 +117,8 @@ def across_models_html(rows: list[JobRow], out_dir: Path) -> str:
 
 
 def render_html(rows: list[JobRow], plots: dict[str, Path | None], out_dir: Path,
-                sweep: dict[str, str] | None = None) -> str:
+                sweep: dict[str, str] | None = None, rating: str | None = None) -> str:
+    """``rating``: the human rating study's section (escaped HTML), when the sweep has one."""
     ok = sum(r.ok for r in rows)
     swept = "; ".join(f"{k}={v}" for k, v in (sweep or {}).items())
     parts = [
@@ -130,6 +131,7 @@ def render_html(rows: list[JobRow], plots: dict[str, Path | None], out_dir: Path
         + " Scores read <i>base [95% CI] → fine-tuned [95% CI]</i>, then <i>Δ [95% CI], p (adjusted)</i>"
           " and the verdict.</p>",
         across_runs_html(rows),
+        rating or "",
         "<h2>Every job</h2>",
         table_html(rows),
         "<h2>Protocol</h2><ul class='notes'>",

@@ -91,13 +91,17 @@ def across_runs_markdown(rows: list[JobRow]) -> list[str]:
     return lines + [f"- {escape_md(note)}" for note in notes(summaries, primary)]
 
 
-def render_markdown(rows: list[JobRow], plots: dict[str, str | None], sweep: dict[str, str] | None = None) -> str:
-    """``plots``: title -> file name relative to report.md, or None when there was nothing to plot."""
+def render_markdown(rows: list[JobRow], plots: dict[str, str | None], sweep: dict[str, str] | None = None,
+                    rating: str | None = None) -> str:
+    """``plots``: title -> file name relative to report.md, or None when there was nothing to plot;
+    ``rating``: the human rating study's section (Markdown), when the sweep has one."""
     ok = sum(r.ok for r in rows)
     lines = ["# Sweep report", "", f"{len(rows)} job(s): {ok} ok, {len(rows) - ok} not ok."]
     if sweep:
         lines.append("Swept: " + "; ".join(f"`{k}={v}`" for k, v in sweep.items()) + ".")
     lines += across_runs_markdown(rows)
+    if rating:
+        lines += ["", rating.strip()]
     lines += ["", "## Every job", "", *md_table(rows), "",
               "Scores read `base [95% CI] → fine-tuned [95% CI]`, then `Δ [95% CI], p (adjusted)` with the verdict.",
               "", "## Protocol", "",

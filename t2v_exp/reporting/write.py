@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import enum_value
 from ..engine.tracking import masked_argv, wandb_mode
+from ..rating import analysis_html, analysis_markdown, study_results, wandb_summary, wandb_table_rows
 from .aggregate import WANDB_COLUMNS, summarize_models, wandb_rows
 from .collect import JobRow, collect_jobs, sweep_params
 from .html import render_html
@@ -36,19 +37,33 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, log_to_wandb: boo
                                   strict=True):
         if path is None:
             (out_dir / default_name).unlink(missing_ok=True)
+    rating = human_rating(sweep_dir)
     (out_dir / "report.md").write_text(
-        render_markdown(rows, {t: (p.name if p else None) for t, p in plots.items()}, swept), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(rows, plots, out_dir, swept), encoding="utf-8")
+        render_markdown(rows, {t: (p.name if p else None) for t, p in plots.items()}, swept,
+                        rating=analysis_markdown(rating) if rating else None), encoding="utf-8")
+    (out_dir / "report.html").write_text(
+        render_html(rows, plots, out_dir, swept, rating=analysis_html(rating) if rating else None), encoding="utf-8")
     result = {"jobs": len(rows), "ok": sum(r.ok for r in rows), "markdown": str(out_dir / "report.md"),
               "html": str(out_dir / "report.html"), "plots": [str(p) for p in plots.values() if p], "wandb": None}
     if log_to_wandb:
         try:
-            result["wandb"] = log_table(rows, out_dir, logger_cfg, sweep_dir, plots)
+            result["wandb"] = log_table(rows, out_dir, logger_cfg, sweep_dir, plots, rating)
         except Exception as exc:  # noqa: BLE001 - the files above are the report; W&B is a mirror
             log.warning("Report table not logged to W&B (%s: %s); the files are written. "
                         "Retry offline with WANDB_MODE=offline or skip with wandb=false.", type(exc).__name__, exc)
     log.info("Report for %d job(s) (%d ok): %s", result["jobs"], result["ok"], result["html"])
     return result
+
+
+def human_rating(sweep_dir: Path) -> dict | None:
+    """The analysis of the sweep's rating study (python -m t2v_exp.rate sweep_dir=...), or None when
+    there is none or nobody has answered yet."""
+    try:
+        return study_results(sweep_dir)
+    except Exception as exc:  # noqa: BLE001 - a damaged study must not cost the sweep its report
+        log.warning("Rating study of %s left out of the report (%s: %s); `python -m t2v_exp.rate analyze "
+                    "sweep_dir=%s` says more", sweep_dir, type(exc).__name__, exc, sweep_dir)
+        return None
 
 
 def _cfg_value(cfg, key: str, default=None):
@@ -60,7 +75,8 @@ def report_run_id(sweep_dir: Path) -> str:
     return "report-" + hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path, plots: dict | None = None) -> str | None:
+def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path, plots: dict | None = None,
+              rating: dict | None = None) -> str | None:
     """Log the table and the plots in the sweep's report run (job_type="report"); returns the run dir."""
     import wandb  # deferred: a report without W&B never pays for importing it
 
@@ -84,6 +100,10 @@ def log_table(rows: list[JobRow], out_dir: Path, logger_cfg, sweep_dir: Path, pl
                   for title, path in (plots or {}).items() if path}
         summaries, primary = summarize_models(rows)
         pooled = {"report/across_runs": wandb.Table(columns=WANDB_COLUMNS, data=wandb_rows(summaries))} if summaries else {}
+        if rating:
+            columns, rating_rows = wandb_table_rows(rating)
+            pooled["report/rating"] = wandb.Table(columns=columns, data=rating_rows)
+            run.summary.update({f"report/{key}": value for key, value in wandb_summary(rating).items()})
         run.log({"report/jobs": wandb.Table(columns=header, data=data), **pooled, **images})
         run.summary.update({"report/primary": primary or "none"})
         run.summary.update({"report/jobs_ok": sum(r.ok for r in rows), "report/jobs_total": len(rows)})

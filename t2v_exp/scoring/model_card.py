@@ -19,6 +19,10 @@ import yaml
 log = logging.getLogger(__name__)
 SAMPLE_STRIP = "sample.png"
 TINY_PREFIX = "tiny:"
+# The human rating section is written after training (a study needs the evaluations first); these
+# markers let a later analysis, with more answers, replace it instead of appending a second one.
+RATING_BEGIN = "<!-- t2v_exp human rating: begin -->"
+RATING_END = "<!-- t2v_exp human rating: end -->"
 
 
 def base_license(checkpoint_root: str | os.PathLike | None, default: str) -> str:
@@ -145,6 +149,21 @@ def write_model_card(final_dir: Path, cfg, *, model, steps: int, eval_report: di
     path.write_text(card_text(cfg, family_module=family_module, license_name=license_name, steps=steps,
                               eval_report=eval_report, has_strip=has_strip), encoding="utf-8")
     return path
+
+
+def quote_rating(card: Path, lines: list[str]) -> None:
+    """Put the human rating study's lines into a written model card: before "How to load" the first
+    time, in place of the earlier section afterwards."""
+    text = card.read_text(encoding="utf-8")
+    block = "\n".join([RATING_BEGIN, "## Human rating", "", *lines, "", RATING_END])
+    earlier = re.compile(re.escape(RATING_BEGIN) + ".*?" + re.escape(RATING_END), re.S)
+    if earlier.search(text):
+        text = earlier.sub(lambda _: block, text, count=1)
+    elif "\n## How to load" in text:
+        text = text.replace("\n## How to load", "\n" + block + "\n\n## How to load", 1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    card.write_text(text, encoding="utf-8")
 
 
 def push_to_hub(final_dir: Path, repo_id: str | None) -> str:
