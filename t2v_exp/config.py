@@ -7,13 +7,18 @@ hardware) live in :func:`validate`, which runs before any model weights are load
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from .errors import ConfigError
 from .help import CONF_DIR, help_text
@@ -282,13 +287,12 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
-    from .models.registry import register_model_schemas
+    # deferred: the model registry imports every family (torch, diffusers), and the data package's
+    from .models.registry import register_model_schemas  # import PyAV: reading a config must not pay for them
 
     register_model_schemas(cs)
-    try:
-        from .data.schemas import register_dataset_schemas
-    except ImportError:  # the data package registers its own schemas once it exists
-        return
+    from .data.schemas import register_dataset_schemas  # deferred: as above (t2v_exp.data loads torch)
+
     register_dataset_schemas(cs)
 
 
@@ -297,11 +301,6 @@ def compose_job_config(overrides=(), run_dir=None, config_name: str = "train") -
     """Compose ``conf/<config_name>.yaml`` in-process the way ``@hydra.main`` hands it to a job:
     HydraConfig set (so ``${hydra:...}`` resolves, with ``run_dir`` as the output dir), the
     ``hydra`` node removed. For notebooks, tests and benchmarks."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     register_configs()
     GlobalHydra.instance().clear()
     try:
@@ -437,8 +436,6 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str
     silently (``+foo=1``) or crash a constructor after the model loaded (``+optimizer.foo=1``).
     Sections typed as plain dicts (``evaluation.metric_settings``) stay free-form.
     """
-    import dataclasses
-
     kind = OmegaConf.get_type(node)
     declared = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
     found = []
@@ -452,8 +449,6 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str
 
 
 def validate_known_keys(cfg: DictConfig) -> None:
-    import difflib
-
     found = unknown_keys(cfg)
     if not found:
         return
@@ -471,7 +466,7 @@ def validate_known_keys(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     """Range and combination checks that types cannot express; cheap, runs before any load."""
-    import torch
+    import torch  # deferred: checking a config must not import torch
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -532,7 +527,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
 def validate_primary(key: str, value: str) -> None:
     """``evaluation.primary``: auto or metric/score of a known metric. A typo would otherwise leave the
     comparison without a primary and every score merely exploratory, silently."""
-    from .metrics.suite import METRIC_NAMES
+    from .metrics.suite import METRIC_NAMES  # deferred: the metrics package imports torch
 
     metric, _, score = str(value).partition("/")
     if value != "auto" and (metric not in METRIC_NAMES or not score):
@@ -542,14 +537,14 @@ def validate_primary(key: str, value: str) -> None:
 
 def validate_eval(cfg: DictConfig, *, cuda_available: bool | None = None) -> None:
     """The subset of :func:`validate` that applies to generation-only evaluation."""
-    import torch
+    import torch  # deferred: checking a config must not import torch
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     _positive("num_videos", cfg.num_videos, 8)
     _positive("num_inference_steps", cfg.num_inference_steps, 25)
     validate_primary("primary", cfg.primary)
-    from .metrics.suite import METRIC_NAMES
+    from .metrics.suite import METRIC_NAMES  # deferred: the metrics package imports torch
 
     unknown = [m for m in cfg.metrics if m not in METRIC_NAMES]
     if unknown:

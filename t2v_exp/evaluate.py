@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from . import config as config_schema
 from .config import CONF_DIR, register_configs
 from .engine.batches import instantiate_dataset
+from .engine.tracking import Tracker, redact
 from .errors import USER_ERRORS, UserError
 from .jobs.adopt import adopt_run_config, autocast_for, device_and_precision, load_model
 from .quiet import quiet_logs
@@ -92,8 +93,6 @@ def eval_logger(logger_cfg, run_logger):
 def record_adopted_config(cfg: DictConfig, out_dir: Path) -> None:
     """Hydra wrote .hydra/config.yaml before the run's model and dataset replaced the composed
     defaults: rewrite it so it shows what was evaluated (secrets masked, as the callback does)."""
-    from .engine.tracking import redact
-
     hydra_dir = out_dir / ".hydra"
     if hydra_dir.is_dir():
         container = redact(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
@@ -101,8 +100,6 @@ def record_adopted_config(cfg: DictConfig, out_dir: Path) -> None:
 
 
 def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict:
-    from .engine.tracking import Tracker
-
     settings = cfg  # the eval settings are the top-level keys (metrics, num_videos, seed, ...)
     tracker = None
     try:

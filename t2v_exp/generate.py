@@ -25,7 +25,7 @@ register_configs()
 
 
 def prompt_list(cfg: DictConfig) -> list[str]:
-    from .scoring.evaluation import read_prompts_file
+    from .scoring.evaluation import read_prompts_file  # deferred: torch; generate --help stays light
 
     if bool(cfg.prompt) == bool(cfg.prompts):
         raise ConfigError('give exactly one of prompt="a red circle moving up" or prompts=FILE '
@@ -44,16 +44,17 @@ def apply_geometry(cfg: DictConfig) -> None:
 
 
 def write_png(path: Path, image) -> None:
-    from PIL import Image
+    from PIL import Image  # deferred: only when a frame strip is written
 
     Image.fromarray(image).save(path)
 
 
 def generate(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Generate every (prompt, seed) of ``cfg`` into ``out_dir``; returns the prompts.jsonl records."""
+    # deferred: the model, its families and torch load only once generation starts (not for --help)
     from .jobs.adopt import adopt_run_config, autocast_for, device_and_precision, load_model
-    from .models import resolve_and_validate
-    from .scoring.sampling import frame_strip, generate_videos, write_videos
+    from .models import resolve_and_validate  # deferred: as above
+    from .scoring.sampling import frame_strip, generate_videos, write_videos  # deferred: as above
 
     prompts = prompt_list(cfg)
     if cfg.seeds_per_prompt < 1:

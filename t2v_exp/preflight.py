@@ -38,8 +38,12 @@ from pathlib import Path
 
 import torch
 
-from .config import enum_value
+from .config import compose_job_config, enum_value
 from .errors import ConfigError
+from .models import resolve_and_validate
+from .models.registry import published_architectures, tiny_twin
+from .quiet import quiet_logs
+from .train import run_training
 
 log = logging.getLogger("t2v_exp.preflight")
 GIB = 1024**3
@@ -51,8 +55,8 @@ OPTIMIZER_BYTES = {"torch.optim.AdamW": 8, "t2v_exp.engine.optim.adamw_8bit": 2}
 # -- the checkpoint ------------------------------------------------------------------------------
 def build_part(part, twin_dir: Path, *, meta: bool = False, released: bool = False) -> torch.nn.Module:
     """One component with random weights (bf16; on the meta device when ``meta``: for counting)."""
-    import diffusers
-    import transformers
+    import diffusers  # deferred: diffusers (~1.5 s); only when a component is built
+    import transformers  # deferred: transformers, as above
 
     config = {**part.config, **(part.released if released else {})}
     device = torch.device("meta") if meta else torch.device("cpu")
@@ -213,11 +217,6 @@ def memory_estimate(cfg, counts: dict, activation_bytes: float, *, checkpointing
 
 # -- the run -----------------------------------------------------------------------------------------
 def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
-    from .config import compose_job_config
-    from .models import resolve_and_validate
-    from .models.registry import published_architectures
-    from .train import run_training
-
     with tempfile.TemporaryDirectory(prefix="preflight-compose-") as compose_dir:  # only ${hydra:} needs one
         cfg = compose_job_config(overrides, run_dir=compose_dir)
     architectures = published_architectures()
@@ -287,9 +286,6 @@ def preflight(overrides: list[str], work_dir: Path | None = None) -> dict:
 
 def twin_directories(architecture, cache_dir: str | None) -> dict[str, str]:
     """{config key: directory} of the architecture's tiny twin (``tiny:<name>`` specs, built on first use)."""
-    from .config import compose_job_config
-    from .models.registry import tiny_twin
-
     twin = compose_job_config([f"model={architecture.twin}"]).model
     return {key: tiny_twin(str(twin[key.split(".", 1)[1]]).removeprefix("tiny:").split("@")[0], cache_dir)
             for key in architecture.components}
@@ -386,8 +382,6 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .quiet import quiet_logs
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_logs()
     try:

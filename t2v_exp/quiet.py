@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import re
+import sys
 import warnings
 from collections import Counter
 
@@ -73,6 +74,7 @@ def quiet_logs() -> None:
     Filters go on handlers, not loggers: a logger's own filter sees only records created at that
     logger, not those of its children (diffusers.pipelines...), while a handler sees them all.
     """
+    # deferred: diffusers, transformers (~2 s); every CLI imports this module
     import diffusers.utils.logging  # noqa: F401 - creates the library loggers and their handlers
     import transformers.utils.logging  # noqa: F401
 
@@ -95,9 +97,7 @@ def quiet_logs() -> None:
 def progress(iterable, **kwargs):
     """A tqdm bar with an ETA that stays readable in a log file: on a terminal it redraws twice a
     second; redirected (CI, a cluster's job log) it writes a line every 30 s instead of every 0.1 s."""
-    import sys
-
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: tqdm.auto (~50 ms, asyncio); only when a bar is shown
 
     interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)

@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .bad_data import BadSampleReport
@@ -46,8 +47,6 @@ def read_image_clip(path: str, num_frames: int, height: int, width: int, *, cent
     Any failure to read the image (see :func:`image_error`), and a header over ``limits``
     (checked before the pixels are decoded), raise :class:`VideoDecodeError`: a bad sample.
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as image:  # the header only, so far
             over = limits.violation(width=image.width, height=image.height) if limits is not None else None

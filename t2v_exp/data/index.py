@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import av
+from PIL import Image
 
 from ..quiet import progress
 from .sources import is_image
@@ -105,8 +106,6 @@ def _first_frame_decodes(path: str) -> tuple[str | None, int]:
 
 
 def _probe_image(entry: IndexEntry, limits: MediaLimits | None) -> IndexEntry:
-    from PIL import Image
-
     try:
         with Image.open(entry.path) as image:  # reads the header only
             entry.width, entry.height = image.size

@@ -17,6 +17,7 @@ from .datasets import IndexedClipDataset
 from .sources import (
     Problem,
     Sample,
+    load_json,
     media_files,
     msrvtt_samples,
     read_caption_map,
@@ -74,8 +75,6 @@ def best_folder(base, candidates: tuple[str, ...], names: list[str]) -> str:
 
 def detect_videos_dir(base, annotations, extension: str) -> str:
     """The SSv2 folder holding the most of the first annotated ids' videos."""
-    from .sources import load_json
-
     entries = load_json(annotations)
     ids = [str(e["id"]) for e in entries[:PROBED_IDS] if isinstance(e, dict) and "id" in e] if isinstance(
         entries, list) else []

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.buckets import bucket_batches
@@ -42,9 +44,6 @@ ENGINE_DATASET_KEYS = ("cache", "cache_variants")  # dataset.* settings the engi
 
 def instantiate_dataset(dataset_cfg, *, split: str, report_dir: str | None):
     """Build the dataset named by ``dataset._target_`` (the config is the registry)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     node = OmegaConf.to_container(dataset_cfg, resolve=True)
     for key in ENGINE_DATASET_KEYS:
         node.pop(key, None)

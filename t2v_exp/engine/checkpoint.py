@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import enum_value
 from ..errors import CheckpointError
 from .randomness import rng_state
+from .tracking import redact
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -72,8 +74,6 @@ def fingerprint(cfg, world_size: int) -> dict[str, Any]:
     shape or scale, other data, another sampling or batch geometry, another seed (noise and data
     order derive from it) or another optimizer class would silently train something else.
     """
-    from omegaconf import OmegaConf
-
     model = cfg.model
     found: dict[str, Any] = {
         "model.name": model.name, "model.family": model.family, "model.pretrained": model.pretrained,
@@ -101,10 +101,6 @@ def fingerprint(cfg, world_size: int) -> dict[str, Any]:
 def flat_settings(cfg) -> dict[str, Any]:
     """Every other resolved setting (``train.max_steps``, ``optimizer.lr``, ...), flat, secrets
     masked: recorded so that a resume can log what changed."""
-    from omegaconf import OmegaConf
-
-    from .tracking import redact
-
     container = redact(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     for section in UNTRACKED_SECTIONS:
         container.pop(section, None)

@@ -9,7 +9,7 @@ import torch
 
 def adamw_8bit(params, lr: float, weight_decay: float, betas, eps: float):
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # deferred: optional extra (t2v_exp[bnb], CUDA only), only for adamw_8bit
     except ImportError as exc:
         raise ImportError(
             "optimizer=adamw_8bit needs bitsandbytes: pip install 't2v_exp[bnb]' (CUDA only), "

@@ -21,11 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import config as config_schema
 from ..config import LatentSampling, mixed_precision_dtype
+from ..data.buckets import parse_buckets
 from ..errors import ConfigError
 from ..models import resolve_and_validate
 from ..models.protocol import VideoModel
 from .batches import BatchStream, DataPosition, instantiate_dataset
 from .checkpoint import TrainState, fingerprint, flat_settings
+from .latent_cache import CachedLatents, LatentCache, cached_prompts
 from .optim import build_lr_scheduler
 from .resume import Restored, bring_base_evaluation, choose_checkpoints, resume
 from .tracking import Tracker, redact
@@ -82,8 +84,6 @@ def validate_run(cfg: DictConfig, num_processes: int | None = None) -> CheckedRu
 
 def validate_buckets(cfg: DictConfig, model_cls, roots) -> None:
     """Every ``dataset.buckets`` shape must be one the model takes, checked like model.num_frames/height/width."""
-    from ..data.buckets import parse_buckets
-
     buckets = cfg.dataset.get("buckets")
     if buckets is None:
         return
@@ -124,7 +124,7 @@ def require_writable(run_dir: Path) -> None:
 
 def build_parts(cfg: DictConfig, run_dir: Path, checked: CheckedRun) -> TrainingParts:
     """Accelerator, data, model, optimizer; the checkpoint to continue restored into them; tracking."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import set_seed  # deferred: accelerate; train --help imports this module
 
     accelerator = make_accelerator(cfg, run_dir, checked.mixed_precision)
     set_seed(cfg.seed)
@@ -169,7 +169,7 @@ def build_parts(cfg: DictConfig, run_dir: Path, checked: CheckedRun) -> Training
 
 
 def make_accelerator(cfg: DictConfig, run_dir: Path, mixed_precision: str):
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # deferred: accelerate; train --help imports this module
 
     device = config_schema.resolve_device(cfg.gpu.device, torch.cuda.is_available())
     reset_single_process_accelerate_state()
@@ -185,8 +185,6 @@ def make_accelerator(cfg: DictConfig, run_dir: Path, mixed_precision: str):
 def use_latent_cache(cfg: DictConfig, model, dataset, accelerator):
     """Encode (or reuse) every clip and prompt once; training then reads the cache, with the VAE
     and text encoder off the accelerator. Returns (the cached dataset, the cache)."""
-    from .latent_cache import CachedLatents, LatentCache, cached_prompts
-
     root = Path(cfg.paths.cache_dir) / "latent_cache"
     dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     sampled = LatentSampling(config_schema.enum_value(cfg.model.latent_sampling)) == LatentSampling.sample
@@ -244,6 +242,7 @@ def reset_single_process_accelerate_state() -> None:
     later (in-process sweeps, notebooks, tests). Outside a distributed launch nothing else
     depends on that state, so it is safe to drop; under ``accelerate launch`` it is left alone.
     """
+    # deferred: accelerate; train --help imports this module
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     if PartialState._shared_state and PartialState().num_processes == 1:

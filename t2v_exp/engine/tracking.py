@@ -80,7 +80,7 @@ def wandb_mode(mode: str) -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     try:
-        import wandb
+        import wandb  # deferred: about a second to import, paid only when a W&B run starts
 
         logged_in = bool(wandb.api.api_key)
     except Exception:  # noqa: BLE001 - any failure to read credentials means "not logged in"
@@ -106,7 +106,7 @@ class Tracker:
             self.run = self._start_wandb(logger_cfg, redact(config), job_type, extra_tags or [], run_id)
 
     def _start_wandb(self, logger_cfg, config: dict, job_type: str, extra_tags: list[str], run_id: str | None):
-        import wandb
+        import wandb  # deferred: about a second to import, paid only when a W&B run starts
 
         wandb_dir = self.run_dir  # W&B puts its own "wandb/" folder inside this directory
         mode = wandb_mode(str(enum_value(logger_cfg.mode)))
@@ -136,7 +136,7 @@ class Tracker:
         key is the same prompt slot in every run, so one W&B panel lines the models up."""
         if self.run is None or not videos:
             return
-        import wandb
+        import wandb  # deferred: about a second to import, paid only when a W&B run starts
 
         self.run.log({f"samples/{i}": wandb.Video(str(path), caption=prompt, format="mp4")
                       for i, (prompt, path) in enumerate(videos)}, step=step)
@@ -150,7 +150,7 @@ class Tracker:
         """
         if self.run is None or not rows:
             return
-        import wandb
+        import wandb  # deferred: about a second to import, paid only when a W&B run starts
 
         fields = list(dict.fromkeys(field for row in rows for field in row))
         table = wandb.Table(columns=[*videos, *fields])

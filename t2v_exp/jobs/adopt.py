@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..config import enum_value, mixed_precision_dtype
+from ..config import enum_value, mixed_precision_dtype, resolve_device
+from ..engine.checkpoint import list_checkpoints, load_trainable
+from ..models import resolve_and_validate
+from ..models.registry import family_modules
 
 log = logging.getLogger(__name__)
 
 
 def adopt_run_config(cfg: DictConfig) -> Path:
     """Take model and dataset from the training run's saved config; return its checkpoint."""
-    from ..engine.checkpoint import list_checkpoints
-    from ..models.registry import family_modules
-
     run_dir = Path(cfg.run_dir).expanduser()
     saved = run_dir / "config.yaml"  # written by the trainer: resolved, secrets masked
     if not saved.is_file():
@@ -59,17 +59,12 @@ def autocast_for(device: str, mixed: str):
 
 
 def device_and_precision(cfg: DictConfig) -> tuple[str, str]:
-    from ..config import resolve_device
-
     device = resolve_device(cfg.gpu.device, torch.cuda.is_available())
     return device, str(enum_value(cfg.precision.mixed_precision))
 
 
 def load_model(cfg: DictConfig, checkpoint: Path | None):
     """The model of ``cfg.model`` with ``checkpoint``'s fine-tuned weights (None: the base), placed."""
-    from ..engine.checkpoint import load_trainable
-    from ..models import resolve_and_validate
-
     device, mixed = device_and_precision(cfg)
     model_cls, roots = resolve_and_validate(cfg.model, cfg.paths.cache_dir, mixed)
     model = model_cls(cfg.model, roots)

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from ..engine.tracking import REDACTED, SECRET_KEY, masked_argv, redact_text
 from .status import fail_if_every_job_failed, write_atomically
@@ -20,6 +22,7 @@ class SweepReportCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
+            # deferred: the report pulls in torch; only after a multirun
             from ..reporting.write import write_report
         except ImportError as exc:  # the report module is optional for a plain multirun
             log.warning("No sweep report (%s)", exc)
@@ -51,8 +54,6 @@ class MaskSecretsCallback(Callback):
         redact_log_records()
 
     def on_job_start(self, config, **kwargs) -> None:
-        from hydra.types import RunMode
-
         redact_log_records()
         hydra_cfg = config.hydra
         if hydra_cfg.output_subdir is not None:
@@ -66,8 +67,6 @@ class MaskSecretsCallback(Callback):
 
 def mask_yaml_files(paths: list[Path]) -> None:
     """Rewrite each YAML file with credentials masked (only when something changed)."""
-    from omegaconf import OmegaConf
-
     for path in paths:
         if not path.is_file():
             continue

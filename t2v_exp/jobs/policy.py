@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
@@ -171,7 +172,5 @@ def quiet_non_main_ranks() -> None:
 
 
 def empty_cuda_cache() -> None:
-    import torch  # deferred: the policy module loads before any job decides it needs torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

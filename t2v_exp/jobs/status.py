@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from hydra.core.hydra_config import HydraConfig  # deferred: hydra; importing this module stays light
+    from hydra.types import RunMode  # deferred: hydra, as above
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -41,7 +41,7 @@ def visible_gpus() -> list[str]:
 
 def pin_one_gpu_per_job() -> str | None:
     """Under a parallel local launcher, give job k the (k mod n)-th visible GPU."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # deferred: hydra; importing this module stays light
 
     if not is_multirun() or "joblib" not in str(HydraConfig.get().runtime.choices.get("hydra/launcher", "")):
         return None
@@ -61,6 +61,7 @@ class JobStatus:
         self.started = time.time()
         experiment = None
         try:
+            # deferred: hydra; importing this module stays light
             from hydra.core.hydra_config import HydraConfig
 
             experiment = HydraConfig.get().runtime.choices.get("experiment")
@@ -74,9 +75,9 @@ class JobStatus:
     def write(self, status: str, error: BaseException | None = None, extra: dict[str, Any] | None = None) -> bool:
         """Replace status.json atomically; False (logged) when it cannot be written, e.g. on a full
         disk: the file then keeps the last status written, whole, and the caller still exits non-zero."""
-        import torch
+        import torch  # deferred: torch, only to count GPUs when a status is written
 
-        from ..engine.tracking import redact
+        from ..engine.tracking import redact  # deferred: engine.tracking imports config, hence hydra
 
         if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch only rank 0 reports
             return True

@@ -52,7 +52,7 @@ def import_clip():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            import clip
+            import clip  # deferred: clip-anytorch (~1.5 s, torchvision); only when CLIP score runs
         except ModuleNotFoundError as error:
             raise ModuleNotFoundError(
                 f"clip-anytorch could not be imported ({error}); install it with setuptools<81 "

@@ -32,6 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors.torch import save_file
+
+from .i3d import SONNET_BN_EPS, build_i3d, state_dict_from_jax
+
 CONVERTER_VERSION = 2  # 2: header keys sorted, so every conversion has the same sha256
 
 
@@ -104,8 +109,6 @@ def sha256_path(path: Path) -> str:
 
 
 def _numpy_reconstruct():
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core  # numpy 2 moved it; the pickle names the old path
     return core.multiarray._reconstruct
 
@@ -118,8 +121,6 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str):
-        import numpy as np
-
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _numpy_reconstruct()
         if module == "numpy" and name == "ndarray":
@@ -131,8 +132,6 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 def load_numpy_pickle(data: bytes) -> Any:
     """Unpickle with NumpyOnlyUnpickler, then check the tree holds nothing but numeric arrays."""
-    import numpy as np
-
     tree = NumpyOnlyUnpickler(io.BytesIO(data)).load()
 
     def check(node: Any, path: str) -> None:
@@ -207,8 +206,6 @@ def checkpoint_bytes(source: Path, spec: PackagedCheckpoint) -> tuple[bytes, dic
 
 def convert_i3d(data: bytes) -> dict[str, Any]:
     """Checkpoint bytes -> our I3D state dict (built once, strictly, to prove it loads)."""
-    from .i3d import SONNET_BN_EPS, build_i3d, state_dict_from_jax
-
     variables = load_numpy_pickle(data)
     if not isinstance(variables, dict) or {"params", "batch_stats"} - set(variables):
         raise WeightsError("the checkpoint is not a Flax {'params', 'batch_stats'} tree")
@@ -235,10 +232,6 @@ def canonical_safetensors_header(path: Path) -> None:
 
 def write_fvd_detector(state: dict[str, Any], provenance: dict[str, str], out_dir: Path) -> dict[str, Any]:
     """safetensors + record.json, each written to a temporary name and renamed into place."""
-    from safetensors.torch import save_file
-
-    from .i3d import SONNET_BN_EPS
-
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / FVD_FILE_NAME
     partial = out_dir / (FVD_FILE_NAME + ".partial")

@@ -35,6 +35,8 @@ least) are stretched in time to the protocol's 16 frames by repeating each frame
 from __future__ import annotations
 
 import os
+import weakref
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from .detector_weights import FETCH_COMMAND, fvd_detector_file, fvd_record
 from .detectors import (
     MissingWeightsError,
     as_float_videos,
@@ -61,6 +66,7 @@ from .frechet import (
     SMALL_SAMPLE_WARNING_BELOW,
     frechet_distance_from_features,
 )
+from .i3d import SONNET_BN_EPS, VIDEOGPT_BN_EPS, build_i3d, guess_layout, state_dict_from_pytorch_i3d
 from .kvd import kvd as kvd_with_interval
 from .kvd import protocol as kvd_protocol
 
@@ -105,8 +111,6 @@ class LoadedDetector:
 
 
 def _fetched_detector() -> tuple[Path, dict[str, Any]]:
-    from .detector_weights import FETCH_COMMAND, fvd_detector_file, fvd_record
-
     path, record = fvd_detector_file(), fvd_record()
     if record is None or not path.is_file():
         raise MissingWeightsError(path, SETTING, "I3D (FVD)", fix=f"run `{FETCH_COMMAND}` (make install does), "
@@ -129,8 +133,6 @@ def _format_from_name(path: Path) -> str:
 
 
 def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -138,12 +140,7 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_state_dict_detector(path: Path, detector_format: str, device: str) -> LoadedDetector:
-    from .i3d import SONNET_BN_EPS, VIDEOGPT_BN_EPS, build_i3d, guess_layout, state_dict_from_pytorch_i3d
-
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
@@ -283,8 +280,6 @@ _LAST_FEATURES: dict[str, Any] = {}
 
 
 def _features_key(videos: torch.Tensor, reference: torch.Tensor, settings: FVDSettings) -> tuple:
-    from .detector_weights import fvd_detector_file
-
     path = Path(os.path.expanduser(settings.detector_path)) if settings.detector_path else fvd_detector_file()
     stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a file replaced in place
     fields = (str(path), stamp, settings.detector_format, settings.expected_sha256, settings.num_frames,
@@ -297,8 +292,6 @@ def features_for(videos: torch.Tensor, reference: torch.Tensor, settings: FVDSet
                  detector: LoadedDetector | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(generated features, reference features, detector record), reusing the last call's for the same
     inputs. A detector passed in is always run (the memo knows detectors only by their settings)."""
-    import weakref
-
     if detector is not None:
         return i3d_features(videos, detector, settings), i3d_features(reference, detector, settings), detector.record
     key = _features_key(videos, reference, settings)

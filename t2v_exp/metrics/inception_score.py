@@ -132,6 +132,7 @@ class InceptionLayout:
 @functools.lru_cache(maxsize=2)
 def torchvision_shapes(aux_logits: bool) -> dict[str, tuple[int, ...]]:
     """Key -> shape of torchvision's 1000-class inception_v3 state dict (built on the meta device: no memory)."""
+    # deferred: torchvision (~1 s); train --help imports this module
     from torchvision.models import inception_v3
 
     with torch.device("meta"):
@@ -269,6 +270,7 @@ def build_inception(weights_path: str, device: str = "cpu", expected_sha256: str
     The state dict's layout is classified first and anything but torchvision's 1000-class
     inception_v3 is refused with a ValueError saying what the file looks like.
     """
+    # deferred: torchvision (~1 s); train --help imports this module
     from torchvision.models import inception_v3
 
     path = require_weight_file(os.path.expanduser(weights_path), WEIGHTS_SETTING, "Inception-v3", expected_sha256)

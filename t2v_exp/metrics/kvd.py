@@ -119,7 +119,7 @@ def kvd_jackknife(generated: torch.Tensor, reference: torch.Tensor,
 
 
 def t_quantile(confidence: float, dof: int) -> float:
-    from scipy.stats import t
+    from scipy.stats import t  # deferred: scipy (~0.7 s); train --help imports this module
 
     return float(t.ppf(0.5 + confidence / 2.0, dof))
 

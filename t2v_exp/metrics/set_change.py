@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .frechet import SMALL_SAMPLE_WARNING_BELOW
+from .frechet import SMALL_SAMPLE_WARNING_BELOW, trace_sqrt_product
 from .kvd import DEGREE
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ def frechet_from_gram(g11: torch.Tensor, g22: torch.Tensor, g12: torch.Tensor, d
 
 def frechet_from_rows(first: torch.Tensor, second: torch.Tensor, ddof: int) -> torch.Tensor:
     """The same in feature space ([..., m, d], [..., n, d]): d x d covariances, for sets larger than d."""
-    from .frechet import trace_sqrt_product
-
     mu1, mu2 = first.mean(-2), second.mean(-2)
     a1, a2 = first - mu1.unsqueeze(-2), second - mu2.unsqueeze(-2)
     s1 = a1.transpose(-1, -2) @ a1 / (first.shape[-2] - ddof)

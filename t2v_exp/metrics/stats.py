@@ -76,7 +76,7 @@ def group_means(values: np.ndarray, groups: Sequence[Any] | None) -> np.ndarray:
 def t_intervals(units: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """Student-t intervals of the mean over the last axis ([..., n] unit values -> low, high of
     shape [...]); nan for fewer than two units. Vectorised: the coverage tests run thousands."""
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # deferred: scipy (~0.7 s); train --help imports this module
 
     _check_confidence(confidence)
     units = np.asarray(units, dtype=np.float64)
@@ -236,7 +236,7 @@ def crossed_delta(deltas: np.ndarray, *, binary: bool = False, confidence: float
     the prompt-level t-interval. ``binary`` (a 0/1 score): as in `paired_intervals`, the exact
     interval where every delta is the same, and the interval kept within [-1, 1].
     """
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # deferred: scipy (~0.7 s); train --help imports this module
 
     _check_confidence(confidence)
     matrix = np.asarray(deltas, dtype=np.float64)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from .clip_score import ClipScoreSettings, clip_score
 from .detectors import MissingWeightsError, as_float_videos
 from .fvd import FVDSettings, fvd, kvd_entry
@@ -61,10 +63,8 @@ class MetricsSettings:
 
 
 def _plain(mapping: Any) -> Any:
-    """OmegaConf nodes -> plain containers, without importing omegaconf when it is not used."""
+    """OmegaConf nodes -> plain containers; anything else as it is."""
     if mapping is not None and type(mapping).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_container(mapping, resolve=True)
     return mapping
 
@@ -119,6 +119,7 @@ def _run_shapes_oracle(videos, prompts, reference_videos, settings: MetricsSetti
     # Expected: shapes_oracle_scores(videos [N, F, C, H, W] in [-1, 1], prompts) -> dict of
     # scores, optionally with "per_video" (column -> list of N) and "protocol" entries.
     try:
+        # deferred: it imports scipy; only when the metric runs
         from .shapes_oracle import shapes_oracle_scores
     except ImportError as error:
         raise MetricSkipped(

@@ -33,11 +33,13 @@ units) is always reported with them.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from . import ssim_native
 from .detectors import as_float_videos
 
 SSIM_K1 = 0.01
@@ -323,10 +325,6 @@ def _compiled_sums(videos: torch.Tensor, values_per_chunk: int) -> tuple[torch.T
     Each call gets a run of consecutive frames of one video (consecutive runs share one frame).
     Videos are cut into at least as many runs as there are threads, so a single long video still
     uses every core."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from . import ssim_native
-
     count, frames, channels, height, width = videos.shape
     pairs = frames - 1
     threads = max(1, torch.get_num_threads())
@@ -360,8 +358,6 @@ def _compiled_sums(videos: torch.Tensor, values_per_chunk: int) -> tuple[torch.T
 
 def _implementation(settings: TemporalSettings, device: torch.device) -> str:
     """"compiled" (the C kernel, CPU only) or "torch", from settings.implementation."""
-    from . import ssim_native
-
     wanted = settings.implementation
     if wanted not in ("auto", "compiled", "torch"):
         raise ValueError(f"temporal implementation must be auto, compiled or torch, got {wanted!r}")

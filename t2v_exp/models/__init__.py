@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hydra.utils import get_class
+
+from ..errors import ConfigError
+
 # What the engine may use besides the protocol: the prompt-truncation counter families report
 # into, and posterior sampling with per-sample generators (shared by cached and on-the-fly runs).
 from .common import TruncatedPrompts, sample_posterior
@@ -11,8 +15,6 @@ from .spec import spec_for
 
 def model_class(model_cfg):
     """The adapter class named by the config's ``_target_`` (the config is the registry)."""
-    from hydra.utils import get_class
-
     return get_class(model_cfg._target_)
 
 
@@ -32,8 +34,6 @@ def resolve_and_validate(model_cfg, cache_dir: str | None, mixed_precision: str 
 
 def check_export_formats(model_cfg, offered: tuple[str, ...]) -> None:
     """Formats beyond diffusers are offered by the family's ``FamilySpec.export_formats`` (default: diffusers only)."""
-    from ..errors import ConfigError
-
     missing = [f for f in (model_cfg.get("export_formats") or []) if f not in offered]
     if missing:
         raise ConfigError(f"model.export_formats={list(model_cfg.export_formats)}: {model_cfg.family} does not "

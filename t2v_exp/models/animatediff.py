@@ -31,6 +31,7 @@ MOTION_BETAS = dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012)
 
 def motion_schedulers(sd_scheduler_config):
     """(training, sampling) schedulers with the motion modules' linear betas (MODEL_FACTS.md)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import DDIMScheduler, DDPMScheduler
 
     train = DDPMScheduler.from_config(sd_scheduler_config, prediction_type="epsilon", **MOTION_BETAS)
@@ -42,6 +43,7 @@ def motion_schedulers(sd_scheduler_config):
 def load_pipeline(pretrained: str, lora_dir: str | None = None, *, motion_adapter: str, torch_dtype=torch.float32):
     """The stock AnimateDiffPipeline (SD1.5 + motion adapter, sampled with the motion modules'
     linear betas), with our exported motion LoRA when given."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 
     base = common.checkpoint_dir(pretrained, None, what="AnimateDiff base (SD1.5)", allow_patterns=SD_SUBFOLDERS,
@@ -65,6 +67,7 @@ SD15_SCHEDULER = dict(
 
 def build_tiny_sd15(out_dir: Path) -> None:
     """A tiny SD1.5-layout base (UNet2D, the shared fitted 2-D VAE, CLIP text) for the AnimateDiff twin."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = tiny.clip_tokenizer(out_dir)
@@ -84,6 +87,7 @@ def build_tiny_sd15(out_dir: Path) -> None:
 
 def build_tiny_motion_adapter(out_dir: Path) -> None:
     """A tiny MotionAdapter matching the tiny SD1.5 UNet's block widths."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import MotionAdapter
 
     torch.manual_seed(1)
@@ -171,6 +175,7 @@ class AnimateDiffModel:
                               f"(the motion adapter's motion_max_seq_length); e.g. 16")
 
     def __init__(self, cfg, roots: tuple[str, str]):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import (
             AutoencoderKL,
             DDIMScheduler,
@@ -178,7 +183,7 @@ class AnimateDiffModel:
             UNet2DConditionModel,
             UNetMotionModel,
         )
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTokenizer  # deferred: transformers, as above
 
         base, adapter_dir = roots
         self.cfg = cfg
@@ -241,6 +246,7 @@ class AnimateDiffModel:
         return self.objective.loss(prediction, draw)
 
     def pipeline(self):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import AnimateDiffPipeline
 
         # Given a UNetMotionModel the pipeline uses it as is; the adapter argument is then unused.
@@ -272,6 +278,7 @@ class AnimateDiffModel:
         common.adapter_load_trainable_state_dict(self, state_dict)
 
     def export(self, out_dir: Path):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import AnimateDiffPipeline
 
         model = common.unwrap(self.denoiser)
@@ -291,6 +298,7 @@ class AnimateDiffModel:
     def spatial_unet(self):
         """The UNetMotionModel's spatial layers as the SD1.5 UNet2DConditionModel they came from: the
         motion model names them exactly as the 2-D UNet does, its motion modules are the adapter's."""
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import UNet2DConditionModel
 
         unet = UNet2DConditionModel.from_pretrained(self.roots[0], subfolder="unet")

@@ -16,6 +16,7 @@ from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import DDPMObjective, DDPMSettings, validate_ddpm_settings
 from .spec import FamilySpec
+from .tiny_vae import fit_video_vae, shapes_clips
 
 log = logging.getLogger(__name__)
 SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*", "model_index.json"]
@@ -23,6 +24,7 @@ SUBFOLDERS = ["transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "schedu
 
 def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torch.float32):
     """The stock CogVideoXPipeline from a hub id or local dir, with our exported LoRA when given."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import CogVideoXPipeline
 
     root = common.checkpoint_dir(pretrained, None, what="CogVideoX", allow_patterns=SUBFOLDERS,
@@ -46,6 +48,7 @@ COGVIDEOX15_SCHEDULER = {**COGVIDEOX_SCHEDULER, "snr_shift_scale": 1.0}
 
 
 def tiny_vae():
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLCogVideoX
 
     return AutoencoderKLCogVideoX(
@@ -56,8 +59,6 @@ def tiny_vae():
 
 
 def _fit_to_shape_clips(vae) -> dict:
-    from .tiny_vae import fit_video_vae, shapes_clips
-
     return fit_video_vae(vae, shapes_clips())
 
 
@@ -67,6 +68,7 @@ build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
 
 def fitted_tiny_vae():
     """The fitted 3-D VAE, built once per cache and shared by the 2B and 1.5 twins."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLCogVideoX
 
     return tiny.fitted_shared_vae("cogvideox_vae", AutoencoderKLCogVideoX, tiny_vae, build_tiny_vae,
@@ -79,12 +81,13 @@ def build_tiny(out_dir: Path, *, version_15: bool = False) -> None:
     ``version_15``: the CogVideoX 1.5 layout instead of the 2B's: patch_size_t=2 (two latent
     frames per token), rotary position embeddings, no patch bias, as the 1.5-5B config has.
     """
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import (
         CogVideoXDDIMScheduler,
         CogVideoXPipeline,
         CogVideoXTransformer3DModel,
     )
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # deferred: transformers (~0.4 s), as diffusers above
 
     tokenizer = tiny.t5_tokenizer(out_dir)
     torch.manual_seed(0)
@@ -203,8 +206,9 @@ class CogVideoXModel:
         require_multiple("model.width", cfg.width, multiple, why)
 
     def __init__(self, cfg, root: str):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import AutoTokenizer, T5EncoderModel  # deferred: transformers, as above
 
         self.cfg = cfg
         self.root = root
@@ -264,6 +268,7 @@ class CogVideoXModel:
         if not self.uses_rotary:
             return None
         config = common.unwrap(self.denoiser).config
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import CogVideoXPipeline
 
         # Reuse the pipeline's own grid computation; it reads only these two attributes.
@@ -295,6 +300,7 @@ class CogVideoXModel:
         return self.objective.loss(prediction, draw)
 
     def pipeline(self):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import CogVideoXPipeline
 
         pipe = CogVideoXPipeline(
@@ -327,6 +333,7 @@ class CogVideoXModel:
         common.adapter_load_trainable_state_dict(self, state_dict)
 
     def export(self, out_dir: Path):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import CogVideoXPipeline
 
         common.export_transformer(CogVideoXPipeline, common.unwrap(self.denoiser), self.lora, Path(out_dir),

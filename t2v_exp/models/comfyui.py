@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ConfigError
@@ -81,8 +82,6 @@ def _renamed_pairs(state_dict, rules: Rules) -> list[tuple[str, torch.Tensor, to
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().contiguous().cpu() for k, v in sorted(tensors.items())}, str(path),
               metadata={"format": "pt", **metadata})

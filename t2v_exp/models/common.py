@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UserError
+from .. import tiny_bases
+from ..errors import ConfigError, UserError
+from .checkpointing import checkpoint_submodules
+from .lora import add_lora, load_lora_state_dict, lora_metadata, lora_state_dict, text_encoder_lora_settings
+from .objectives import sample_noise
+from .tiny import pretrained_twin, tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +31,7 @@ class CheckpointNotAvailableError(UserError, RuntimeError):
 def download_command() -> str:
     """The installed huggingface_hub's download CLI: ``hf download`` (1.x and later), else ``huggingface-cli``."""
     try:
-        from importlib.metadata import version
-
-        major = int(version("huggingface_hub").split(".")[0])
+        major = int(metadata.version("huggingface_hub").split(".")[0])
     except Exception:  # noqa: BLE001 - no metadata: the name every release since 1.0 installs
         major = 1
     return "hf download" if major >= 1 else "huggingface-cli download"
@@ -51,6 +56,7 @@ def resolve_pretrained(name_or_path: str | None, *, what: str, key: str = "model
             f"{key}={name_or_path} ({what}): this local directory does not exist. "
             f"Point {key} at a directory in diffusers layout."
         )
+    # deferred: huggingface_hub's HTTP client (~0.1 s); only when a checkpoint is fetched
     from huggingface_hub import snapshot_download
 
     try:  # cached by an earlier download: no network needed
@@ -142,6 +148,7 @@ def first_parameter(module: nn.Module) -> torch.Tensor:
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain model under DDP / torch.compile wrappers (what pipelines and exports need)."""
+    # deferred: accelerate; train --help imports this module
     from accelerate.utils import extract_model_from_parallel
 
     return extract_model_from_parallel(module)
@@ -191,8 +198,6 @@ LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": 
 
 
 def validate_load_dtype(cfg) -> None:
-    from ..errors import ConfigError
-
     if cfg.load_dtype not in LOAD_DTYPES:
         raise ConfigError(f"model.load_dtype={cfg.load_dtype} must be one of {', '.join(LOAD_DTYPES)}, "
                           f"e.g. model.load_dtype=bfloat16")
@@ -215,8 +220,6 @@ def posterior_in_model_space(posterior, to_model_space) -> tuple[torch.Tensor, t
 def sample_posterior(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """``model.latent_sampling=sample``: mean + std * noise, sample i's noise from ``generators[i]``
     (drawn before the objective's timestep and noise, so cached and on-the-fly runs draw alike)."""
-    from .objectives import sample_noise
-
     return mean + std * sample_noise(mean, generators)
 
 
@@ -270,8 +273,6 @@ def place_components(frozen: list[nn.Module], trainable: nn.Module, device, weig
 
 def spatial_multiple(pretrained_dir: str, denoiser_subfolder: str, vae_subfolder: str = "vae") -> int:
     """Pixel height/width must be a multiple of this: VAE downsampling x denoiser downsampling/patching."""
-    import json
-
     root = Path(pretrained_dir)
     vae_cfg = json.loads((root / vae_subfolder / "config.json").read_text())
     den_cfg = json.loads((root / denoiser_subfolder / "config.json").read_text())
@@ -292,9 +293,6 @@ def checkpoint_dir(spec: str | None, cache_dir: str | None, *, what: str, allow_
     never needs to know the families.
     """
     if spec and spec.startswith(TINY_PREFIX):
-        from .. import tiny_bases
-        from .tiny import pretrained_twin, tiny_checkpoint
-
         name, pretrained = tiny_bases.parse_tiny_spec(spec[len(TINY_PREFIX):])
         builder = (tiny_builders or {}).get(name)
         if builder is None:
@@ -325,8 +323,6 @@ def adapter_enable_memory_savers(model, *, gradient_checkpointing: bool, vae_sli
         if getattr(model.denoiser, "_supports_gradient_checkpointing", True):
             model.denoiser.enable_gradient_checkpointing()
         elif checkpoint_classes:
-            from .checkpointing import checkpoint_submodules
-
             count = checkpoint_submodules(unwrap(model.denoiser), checkpoint_classes)
             log.info("Gradient checkpointing: %d blocks of %s recompute their activations in backward",
                      count, type(unwrap(model.denoiser)).__name__)
@@ -345,8 +341,6 @@ TEXT_ENCODER_PREFIX = "text_encoder."  # the text encoder's LoRA keys in a train
 def attach_text_encoder_lora(model, cfg) -> None:
     """``model.text_encoder_lora=true`` (CLIP families): LoRA of the denoiser's rank and alpha on the
     text encoder's attention; ``model.text_encoder_lora`` holds its settings (None when off)."""
-    from .lora import add_lora, text_encoder_lora_settings
-
     model.text_encoder_lora = None
     if cfg.text_encoder_lora and model.lora:
         model.text_encoder_lora = text_encoder_lora_settings(model.lora)
@@ -355,8 +349,6 @@ def attach_text_encoder_lora(model, cfg) -> None:
 
 def text_encoder_lora_export(model) -> dict:
     """``save_lora_weights`` keywords for the text encoder's LoRA (none when it has none)."""
-    from .lora import lora_metadata, lora_state_dict
-
     if model.text_encoder_lora is None:
         return {}
     return {"text_encoder_lora_layers": lora_state_dict(model.text_encoder),
@@ -369,8 +361,6 @@ def adapter_trainable_parameters(model) -> list[nn.Parameter]:
 
 
 def adapter_trainable_state_dict(model) -> dict[str, torch.Tensor]:
-    from .lora import lora_state_dict
-
     denoiser = unwrap(model.denoiser)
     state = lora_state_dict(denoiser) if model.lora else full_state_dict(denoiser)
     if model.text_encoder_lora is not None:
@@ -379,8 +369,6 @@ def adapter_trainable_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def adapter_load_trainable_state_dict(model, state_dict: dict[str, torch.Tensor]) -> None:
-    from .lora import load_lora_state_dict
-
     denoiser = unwrap(model.denoiser)
     text = {k[len(TEXT_ENCODER_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TEXT_ENCODER_PREFIX)}
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TEXT_ENCODER_PREFIX)}
@@ -464,8 +452,6 @@ def adapter_generate(model, prompts: list[str], *, num_inference_steps: int, gui
 def export_transformer(pipeline_class, transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) -> None:
     """A transformer family's export: its LoRA as ``pipeline_class.save_lora_weights`` writes it
     (``transformer.``-prefixed keys plus adapter metadata), or the whole transformer via save_pretrained."""
-    from .lora import lora_metadata, lora_state_dict
-
     if lora:
         pipeline_class.save_lora_weights(lora_dir, transformer_lora_layers=lora_state_dict(transformer),
                                          transformer_lora_adapter_metadata=lora_metadata(lora))

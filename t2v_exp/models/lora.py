@@ -6,9 +6,11 @@ import re
 from dataclasses import dataclass, replace
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..config import LoraConfig, enum_value
+from ..errors import ConfigError
 
 # The attention projections of a CLIP text encoder (transformers' CLIPAttention), as ExponentialML's
 # and diffusers' text-encoder LoRA training target them.
@@ -27,16 +29,12 @@ def text_encoder_lora_settings(denoiser_settings: LoraConfig) -> LoraConfig:
 
 
 def validate_text_encoder_lora(cfg) -> None:
-    from ..errors import ConfigError
-
     if cfg.text_encoder_lora and str(enum_value(cfg.finetune)) != "lora":
         raise ConfigError("model.text_encoder_lora=true adds LoRA beside the denoiser's: it needs model.finetune=lora")
 
 
 def lora_settings(node) -> LoraConfig:
     """Plain ``model.lora`` settings (the config schema's dataclass) from a DictConfig or dict."""
-    from omegaconf import DictConfig, OmegaConf
-
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     return LoraConfig(**values)
 
@@ -50,7 +48,7 @@ def target_pattern(settings: LoraConfig) -> str | list[str]:
 
 
 def peft_config(settings: LoraConfig):
-    import peft
+    import peft  # deferred: peft (~2.8 s); train --help imports this module
 
     return peft.LoraConfig(
         r=settings.rank,
@@ -75,12 +73,14 @@ def add_lora(model: nn.Module, settings: LoraConfig) -> None:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights under diffusers' key names (what ``load_lora_weights`` expects)."""
+    # deferred: peft (~2.8 s); train --help imports this module
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
 
 
 def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    # deferred: peft (~2.8 s); train --help imports this module
     from peft.utils import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, state_dict)

@@ -43,6 +43,8 @@ from . import common, published, tiny
 from .lora import add_lora, lora_settings
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 from .spec import FamilySpec
+from .tiny import TEXT_DIM, t5_tokenizer
+from .tiny_vae import fit_video_vae, shapes_clips
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ def validate_settings(cfg) -> None:
 def inference_shift(scheduler_config, num_tokens: int) -> float:
     """The shift FlowMatchEulerDiscreteScheduler applies at inference for `num_tokens` latent tokens,
     with the mu that LTXPipeline computes (calculate_shift over the scheduler's config)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
 
     if not scheduler_config.get("use_dynamic_shifting", False):
@@ -186,6 +189,7 @@ def inference_shift(scheduler_config, num_tokens: int) -> float:
 
 
 def normalize_latents(latents: torch.Tensor, vae) -> torch.Tensor:
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import LTXPipeline
 
     return LTXPipeline._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
@@ -193,6 +197,7 @@ def normalize_latents(latents: torch.Tensor, vae) -> torch.Tensor:
 
 def pack(latents: torch.Tensor, patch: int, patch_t: int) -> torch.Tensor:
     """[B, C, F, H, W] -> [B, tokens, C * patch_t * patch^2], as LTXPipeline.prepare_latents packs noise."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import LTXPipeline
 
     return LTXPipeline._pack_latents(latents, patch, patch_t)
@@ -207,9 +212,9 @@ def prompt_mask(prompt_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def tiny_text_encoder(vocab_size: int):
+    # deferred: transformers (~0.4 s); reading the family's spec (train --help) must not load it
     from transformers import T5Config, T5EncoderModel
 
-    from .tiny import TEXT_DIM
 
     return T5EncoderModel(T5Config(
         vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
@@ -229,6 +234,7 @@ def require_sampling_steps(steps: int, scheduler_config) -> None:
 def tiny_vae():
     """0.9.1-like (timestep-conditioned decoder), 8x time like the real VAE, 8x space; no decoder noise
     injection, which draws from the global RNG and would make generate() irreproducible."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLLTXVideo
 
     return AutoencoderKLLTXVideo(
@@ -245,8 +251,6 @@ def tiny_vae():
 def fit_latent_statistics(vae) -> None:
     """Set latents_mean/std to the per-channel statistics of the twin's own latents of shapes clips, as
     the real VAE ships those of its training data: normalised latents are then ~unit scale."""
-    from .tiny_vae import shapes_clips
-
     latents = vae.encode(shapes_clips(num_videos=8)).latent_dist.mode()
     vae.latents_mean.copy_(latents.mean(dim=(0, 2, 3, 4)))
     vae.latents_std.copy_(latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3))
@@ -262,8 +266,6 @@ VAE_FIT_STEPS = 2400
 
 
 def _fit_to_shape_clips(vae) -> dict:
-    from .tiny_vae import fit_video_vae, shapes_clips
-
     figures = fit_video_vae(vae, shapes_clips(), steps=VAE_FIT_STEPS, decode=_decode_at_timestep_zero, scale_latents=False)
     fit_latent_statistics(vae)
     return figures
@@ -275,6 +277,7 @@ build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
 
 def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/ltx_vae (else fitted once per cache)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLLTXVideo
 
     return tiny.fitted_shared_vae("ltx_vae", AutoencoderKLLTXVideo, tiny_vae, build_tiny_vae, version=SPEC.tiny_version)
@@ -282,9 +285,9 @@ def fitted_tiny_vae():
 
 def build_tiny(out_dir: Path) -> None:
     """A tiny random LTXPipeline in diffusers layout: the real classes, scheduler and latent layout."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
 
-    from .tiny import TEXT_DIM, t5_tokenizer
 
     tokenizer = t5_tokenizer(out_dir)
     torch.manual_seed(0)
@@ -322,6 +325,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     """The stock LTXPipeline of a checkpoint (hub id, directory or tiny:ltx) with our export applied:
     a LoRA export through ``load_lora_weights``; a full fine-tune export (its transformer/) replaces
     the transformer."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 
     root = resolve_checkpoint(pretrained, None)
@@ -339,6 +343,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
 def load_tokenizer(root: str):
     """The tokenizer class model_index.json names, so our prompts tokenize exactly as the stock
     pipeline's do (AutoTokenizer could swap in a fast tokenizer converted on the fly)."""
+    # deferred: transformers (~0.4 s); reading the family's spec (train --help) must not load it
     import transformers
 
     index = read_json(root, "model_index.json")
@@ -374,12 +379,13 @@ class LTXModel:
         validate_geometry(cfg, checkpoint_geometry(root))
 
     def __init__(self, cfg, root: str):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import (
             AutoencoderKLLTXVideo,
             FlowMatchEulerDiscreteScheduler,
             LTXVideoTransformer3DModel,
         )
-        from transformers import T5EncoderModel
+        from transformers import T5EncoderModel  # deferred: transformers (~0.4 s), as diffusers above
 
         self.cfg = cfg
         self.root = root
@@ -459,6 +465,7 @@ class LTXModel:
         return objective.loss(prediction, replace(draw, target=pack(draw.target, g.patch, g.patch_t)))
 
     def pipeline(self):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import LTXPipeline
 
         pipe = LTXPipeline(
@@ -500,6 +507,7 @@ class LTXModel:
         common.adapter_load_trainable_state_dict(self, state_dict)
 
     def export(self, out_dir: Path):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import LTXPipeline
 
         common.export_transformer(LTXPipeline, common.unwrap(self.denoiser), self.lora, Path(out_dir),

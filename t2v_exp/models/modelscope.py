@@ -29,6 +29,7 @@ SUBFOLDERS = ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
 def text_to_video_pipeline_class():
     """``TextToVideoSDPipeline`` lives in diffusers' deprecated pipelines and may disappear."""
     try:
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import TextToVideoSDPipeline
     except ImportError as exc:  # pragma: no cover - depends on the installed diffusers
         raise ImportError(
@@ -40,9 +41,10 @@ def text_to_video_pipeline_class():
 
 def unet3d_checkpoint_classes() -> tuple[type, ...]:
     """The UNet3D's repeated blocks: spatial resnets and transformers, temporal convs and transformers."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel  # deferred: as above
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel  # deferred: ditto
 
     return ResnetBlock2D, TemporalConvLayer, Transformer2DModel, TransformerTemporalModel
 
@@ -54,8 +56,9 @@ def lora_unet_class():
     diffusers-style LoRA nor ``TextToVideoSDPipeline.load_lora_weights`` would work on it.
     Mixing the adapter API in changes no weights or config.
     """
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import UNet3DConditionModel
-    from diffusers.loaders import PeftAdapterMixin
+    from diffusers.loaders import PeftAdapterMixin  # deferred: diffusers, as above
 
     class UNet3DConditionModelWithLora(UNet3DConditionModel, PeftAdapterMixin):
         pass
@@ -83,6 +86,7 @@ MODELSCOPE_SCHEDULER = dict(
 
 def build_tiny(out_dir: Path) -> None:
     """The tiny ModelScope twin: same classes and scheduler, narrow widths, the shared fitted 2-D VAE."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import DDIMScheduler, UNet3DConditionModel
 
     tokenizer = tiny.clip_tokenizer(out_dir)
@@ -146,8 +150,9 @@ class ModelScopeModel:
         require_multiple("model.width", cfg.width, multiple, why)
 
     def __init__(self, cfg, root: str):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet3DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTokenizer  # deferred: transformers, as above
 
         self.cfg = cfg
         self.root = root

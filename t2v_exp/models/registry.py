@@ -19,6 +19,7 @@ import sys
 from types import ModuleType
 
 from .spec import FamilySpec, TinyBuilder, family_specs, spec_for
+from .tiny import tiny_checkpoint
 
 SCHEMA_GROUP = "schema/model"
 
@@ -76,7 +77,5 @@ def twin_spec(name: str) -> FamilySpec:
 def tiny_twin(name: str, cache_dir: str | None = None) -> str:
     """The directory of the tiny twin ``name`` (built on first use), for scripts and tests that
     want a twin by name rather than through a model config."""
-    from .tiny import tiny_checkpoint
-
     spec = twin_spec(name)
     return tiny_checkpoint(name, cache_dir, builder=spec.tiny_builders[name], version=spec.tiny_version)

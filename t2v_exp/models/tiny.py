@@ -21,7 +21,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
+
+from .. import tiny_bases
+from .tiny_vae import fit_image_vae, shapes_frames
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ T5_MAX_TOKENS = 32  # every shapes caption fits (26 tokens at most); 16 cut 46 o
 
 def clip_bpe_merges(count: int) -> list[str]:
     """The first ``count`` merge rules of the BPE vocabulary that ships with clip-anytorch."""
-    import clip
+    import clip  # deferred: clip-anytorch (~1.5 s); only when a tiny tokenizer is built
 
     bpe_path = Path(clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
     with gzip.open(bpe_path) as handle:
@@ -42,8 +46,9 @@ def clip_bpe_merges(count: int) -> list[str]:
 
 def clip_tokenizer(out_dir: Path):
     """A CLIPTokenizer over CLIP's own byte-level BPE, cut to the first merges."""
+    # deferred: clip-anytorch (~1.5 s); only when a tiny tokenizer is built
     from clip.simple_tokenizer import bytes_to_unicode
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # deferred: transformers, as above
 
     merges = [tuple(line.split()) for line in clip_bpe_merges(CLIP_MERGES)]
     byte_chars = list(bytes_to_unicode().values())
@@ -60,7 +65,7 @@ def clip_tokenizer(out_dir: Path):
 
 def t5_tokenizer(out_dir: Path):
     """A T5Tokenizer from a small SentencePiece unigram model trained on CLIP's vocabulary words."""
-    import sentencepiece as spm
+    # deferred: transformers (~0.4 s); every models import loads this module (via models.common)
     from transformers import T5Tokenizer
 
     joined = (m.replace(" ", "") for m in clip_bpe_merges(20000))
@@ -82,6 +87,7 @@ def t5_tokenizer(out_dir: Path):
 
 
 def clip_text_encoder(vocab_size: int):
+    # deferred: transformers (~0.4 s); every models import loads this module (via models.common)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -94,6 +100,7 @@ def clip_text_encoder(vocab_size: int):
 
 def image_vae():
     """2-D KL VAE, 4x spatial compression, 4 latent channels, SD's scaling factor."""
+    # deferred: diffusers (~1.5 s); every models import loads this module (via models.common)
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -118,8 +125,6 @@ def fitted_vae_builder(make_vae: Callable, fit: Callable) -> Callable[[Path], No
 
 
 def _fit_to_shape_frames(vae) -> dict:
-    from .tiny_vae import fit_image_vae, shapes_frames
-
     return fit_image_vae(vae, shapes_frames())
 
 
@@ -141,8 +146,6 @@ def random_vae_builder(make_vae: Callable) -> Callable[[Path], None]:
 def shared_vae_dir(name: str, fit_builder: Callable[[Path], None], make_vae: Callable, version: str = "") -> str:
     """Directory (with a ``vae/`` subfolder) of the shared fitted VAE ``name``: the committed fit in
     t2v_exp/tiny_bases when there is one (no fitting on any user or CI machine), else fitted here once."""
-    from .. import tiny_bases
-
     if tiny_bases.bundle_dir(name) is not None:
         return pretrained_twin(name, None, builder=random_vae_builder(make_vae), version=version)
     return tiny_checkpoint(name, builder=fit_builder, version=version)
@@ -180,6 +183,7 @@ def fitted_shared_vae(name: str, vae_class, make_vae: Callable, fit_builder: Cal
 
 def fitted_image_vae():
     """The fitted 2-D VAE of the ModelScope and SD1.5 twins."""
+    # deferred: diffusers (~1.5 s); every models import loads this module (via models.common)
     from diffusers import AutoencoderKL
 
     return fitted_shared_vae("image_vae", AutoencoderKL, image_vae, build_image_vae)
@@ -198,8 +202,8 @@ def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None, *,
     Built into a temporary directory and renamed into place, so a crash mid-build never leaves
     a half-written twin that a later run would load.
     """
-    import diffusers
-    import transformers
+    import diffusers  # deferred: diffusers (~1.5 s); every models import loads this module (via models.common)
+    import transformers  # deferred: transformers, as above
 
     fingerprint = hashlib.sha1(
         f"{TINY_VERSION}|{version}|{diffusers.__version__}|{transformers.__version__}".encode()
@@ -227,8 +231,6 @@ def tiny_checkpoint(name: str, cache_dir: str | os.PathLike | None = None, *,
 def pretrained_twin(name: str, cache_dir, *, builder: Callable[[Path], None], version: str) -> str:
     """The directory of twin ``name`` with its committed base (t2v_exp/tiny_bases) written over the
     random twin ``builder`` makes; built once per cache, rebuilt when the committed files change."""
-    from .. import tiny_bases
-
     def build(out_dir: Path) -> None:
         with vae_weights_from_bundle() if "vae" in tiny_bases.bundle_files(name) else contextlib.nullcontext():
             builder(out_dir)

@@ -26,6 +26,7 @@ KL_WEIGHT = 1e-6  # just enough to keep the posterior a distribution; reconstruc
 
 def shapes_frames(num_videos: int = 64, num_frames: int = 8, size: int = 32) -> torch.Tensor:
     """[N, 3, size, size] frames in [-1, 1] of every shape, colour and direction, via the real decoder."""
+    # deferred: data.datasets loads av (PyAV); only when shapes clips are made
     from ..data.datasets import ShapesDataset
 
     with tempfile.TemporaryDirectory(prefix="t2v_tiny_vae_") as root:
@@ -82,6 +83,7 @@ def _fit(vae, data: torch.Tensor, *, steps: int, batch: int, seed: int, encode_o
 
 def shapes_clips(num_videos: int = 48, num_frames: int = 9, size: int = 32) -> torch.Tensor:
     """[N, 3, num_frames, size, size] clips in [-1, 1] of every shape, colour and direction."""
+    # deferred: data.datasets loads av (PyAV); only when shapes clips are made
     from ..data.datasets import ShapesDataset
 
     with tempfile.TemporaryDirectory(prefix="t2v_tiny_vae_") as root:

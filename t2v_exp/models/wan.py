@@ -45,6 +45,8 @@ from . import comfyui, common, published, tiny
 from .lora import add_lora, lora_settings, lora_state_dict
 from .objectives import FLOW_SAMPLINGS, FLOW_WEIGHTINGS, FlowMatchingObjective
 from .spec import FamilySpec, TinyBuilder
+from .tiny import TEXT_DIM, t5_tokenizer
+from .tiny_vae import fit_video_vae, shapes_clips, shapes_frames
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +168,9 @@ def experts_in(root: str) -> list[str]:
 
 
 def tiny_text_encoder(vocab_size: int):
+    # deferred: transformers (~0.4 s); reading the family's spec (train --help) must not load it
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from .tiny import TEXT_DIM
 
     return UMT5EncoderModel(UMT5Config(
         vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
@@ -178,6 +180,7 @@ def tiny_text_encoder(vocab_size: int):
 
 def tiny_vae():
     """The real VAE's structure (16 latent channels, 8x space in three steps, 4x time), narrow."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
@@ -185,9 +188,9 @@ def tiny_vae():
 
 
 def tiny_transformer():
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanTransformer3DModel
 
-    from .tiny import TEXT_DIM
 
     # 64 wide, 4 layers: a (1, 2, 2) patch of 16 latent channels is 64 numbers, and the 32-wide, 2-layer
     # transformer of version 3 squeezed them so hard that its base never learned the motion's direction
@@ -204,8 +207,6 @@ def fit_latent_statistics(vae) -> None:
     """latents_mean/std := the per-channel statistics of the twin's own latents of shapes clips, as the
     real VAE ships those of its training data: normalised latents are then ~unit scale, as flow matching
     assumes, and a normalisation bug cannot hide behind mean 0 / std 1."""
-    from .tiny_vae import shapes_frames
-
     clips = shapes_frames(num_videos=8, num_frames=9, size=32).reshape(8, 9, 3, 32, 32).permute(0, 2, 1, 3, 4)
     latents = vae.encode(clips).latent_dist.mode()
     vae.register_to_config(latents_mean=latents.mean(dim=(0, 2, 3, 4)).tolist(),
@@ -217,8 +218,6 @@ VAE_FIT_STEPS = 1200
 
 
 def _fit_to_shape_clips(vae) -> dict:
-    from .tiny_vae import fit_video_vae, shapes_clips
-
     figures = fit_video_vae(vae, shapes_clips(), steps=VAE_FIT_STEPS, scale_latents=False)  # Wan normalises per channel
     fit_latent_statistics(vae)
     return figures
@@ -230,6 +229,7 @@ build_tiny_vae = tiny.fitted_vae_builder(tiny_vae, _fit_to_shape_clips)
 
 def fitted_tiny_vae():
     """The fitted VAE, committed in t2v_exp/tiny_bases/wan_vae (else fitted once per cache)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import AutoencoderKLWan
 
     return tiny.fitted_shared_vae("wan_vae", AutoencoderKLWan, tiny_vae, build_tiny_vae, version=SPEC.tiny_version)
@@ -237,9 +237,9 @@ def fitted_tiny_vae():
 
 def tiny_pipeline_parts(out_dir: Path) -> dict:
     """Tokenizer, text encoder, VAE and the published scheduler: what Wan 2.1 and 2.2 twins share."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import UniPCMultistepScheduler
 
-    from .tiny import t5_tokenizer
 
     tokenizer = t5_tokenizer(out_dir)
     torch.manual_seed(0)
@@ -251,6 +251,7 @@ def tiny_pipeline_parts(out_dir: Path) -> dict:
 
 def build_tiny(out_dir: Path) -> None:
     """A tiny random WanPipeline (2.1 layout: one transformer) saved in diffusers layout."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanPipeline
 
     parts = tiny_pipeline_parts(out_dir)
@@ -283,6 +284,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     """The stock WanPipeline of a checkpoint (hub id, directory or tiny:wan) with our export applied:
     a LoRA export through ``load_lora_weights``; a full fine-tune export (its transformer/) replaces
     the transformer."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanPipeline, WanTransformer3DModel
 
     root = resolve_checkpoint(pretrained, None)
@@ -303,6 +305,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
 def load_tokenizer(root: str):
     """The tokenizer class model_index.json names, as WanPipeline.from_pretrained loads it, so our
     prompts tokenize exactly like the stock pipeline's."""
+    # deferred: transformers (~0.4 s); reading the family's spec (train --help) must not load it
     import transformers
 
     _, class_name = read_json(root, "model_index.json").get("tokenizer", ["transformers", "AutoTokenizer"])
@@ -310,6 +313,7 @@ def load_tokenizer(root: str):
 
 
 def load_transformer(root: str, subfolder: str, dtype: torch.dtype):
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel.from_pretrained(root, subfolder=subfolder, torch_dtype=dtype)
@@ -362,6 +366,7 @@ def flow_objective(cfg, scheduler, sigma_range: tuple[float, float] = (0.0, 1.0)
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], max_sequence_length: int) -> torch.Tensor:
     """UMT5 states [B, L, D] exactly as WanPipeline computes them (the tests compare the two)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
     tokens = common.tokenize_prompts(tokenizer, [prompt_clean(p) for p in prompts], max_sequence_length,
@@ -440,8 +445,9 @@ class WanModel:
         self.objective = flow_objective(cfg, self.scheduler)
 
     def load_shared_parts(self, root: str, dtype: torch.dtype) -> None:
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         import diffusers
-        from transformers import UMT5EncoderModel
+        from transformers import UMT5EncoderModel  # deferred: transformers (~0.4 s), as diffusers above
 
         self.tokenizer = load_tokenizer(root)
         self.text_encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype)
@@ -487,6 +493,7 @@ class WanModel:
         return self.objective.loss(prediction, draw)
 
     def pipeline(self):
+        # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
         from diffusers import WanPipeline
 
         pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
@@ -525,6 +532,7 @@ class WanModel:
 def export_expert(transformer: nn.Module, lora, lora_dir: Path, full_dir: Path) -> None:
     """A LoRA as WanPipeline.save_lora_weights writes it (``transformer.``-prefixed keys, adapter
     metadata), or the whole transformer via save_pretrained."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanPipeline
 
     common.export_transformer(WanPipeline, transformer, lora, lora_dir, full_dir)

@@ -134,6 +134,7 @@ def validate_settings(cfg) -> None:
 def build_tiny(out_dir: Path) -> None:
     """A tiny random two-expert WanPipeline (2.2 A14B layout); the experts differ (seeds 0 and 1), so a
     test can tell which one ran."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanPipeline
 
     parts = wan.tiny_pipeline_parts(out_dir)
@@ -156,6 +157,7 @@ def load_pipeline(pretrained: str, lora_dir: str | None = None, torch_dtype=torc
     applied: ``<lora_dir>/transformer[_2]/`` LoRAs through ``load_lora_weights`` (the low-noise one with
     ``load_into_transformer_2=True``), or full fine-tuned experts swapped in. ``boundary_ratio``
     overrides the checkpoint's split (pass what model.boundary_ratio trained with)."""
+    # deferred: diffusers (~1.5 s); reading the family's spec (train --help) must not load it
     from diffusers import WanPipeline, WanTransformer3DModel
 
     root = resolve_checkpoint(pretrained, None)

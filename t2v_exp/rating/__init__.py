@@ -16,6 +16,7 @@ For the sweep report, W&B and the model card (they read results, never the ratin
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -44,8 +45,6 @@ def _is_study(candidate: Path) -> bool:
 
 def _shows(study: Path, directory: Path) -> bool:
     """Whether the study rates an evaluation inside ``directory`` (a sweep job's own evals)."""
-    import json
-
     try:
         manifest = json.loads((study / MANIFEST).read_text())
     except (OSError, ValueError):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,7 +30,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from . import inference
-from .store import Store
+from .render import analysis_html, analysis_markdown
+from .store import DATABASE, Store
 from .study import load_manifest
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,6 @@ def analyze(study_dir: Path, *, write: bool = True, draws: int = inference.DRAWS
     results["agreement"] = data.agreement()
     results["position_bias"] = data.position_bias()
     if write:
-        from .render import analysis_html, analysis_markdown
-
         write_text(study_dir / RESULTS, json.dumps(results, indent=2))
         write_text(study_dir / "results.md", analysis_markdown(results))
         write_text(study_dir / "results.html", analysis_html(results, standalone=True))
@@ -325,10 +325,6 @@ def fingerprint_of(rows: list[dict]) -> str:
 
 def current_fingerprint(study_dir: Path) -> str | None:
     """The database's fingerprint, read without creating or changing anything (None: no database)."""
-    import sqlite3
-
-    from .store import DATABASE
-
     path = Path(study_dir) / DATABASE
     if not path.is_file():
         return None

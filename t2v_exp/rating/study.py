@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -267,8 +268,6 @@ def build_manifest(source: dict[str, str], evaluations: list[Evaluation], settin
         for key in ordered(first):
             items.append({"id": f"i{len(items)}", "kind": "pair", "comparison": comparison["id"], "prompt": key[0],
                           "seed": key[1], "a": paths[first.videos[key]], "b": paths[second.videos[key]]})
-    import random
-
     rng = random.Random(settings.seed)
     pair_items = list(items)
     for _ in range(min(settings.identical, len(pair_items))):

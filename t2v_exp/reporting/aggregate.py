@@ -76,7 +76,7 @@ def pooled_set_change(rows: list[JobRow], metric: str, score: str) -> dict[str, 
     low, high = stats.t_interval(values)
     p_value = None
     if values.size >= 2 and values.std(ddof=1) > 0:
-        from scipy.stats import ttest_1samp
+        from scipy.stats import ttest_1samp  # deferred: scipy only when runs are pooled
 
         p_value = float(ttest_1samp(values, 0.0).pvalue)
     floors = [d["noise_floor"]["value"] for d in deltas if isinstance(d.get("noise_floor"), dict)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..scoring.comparison import indicative_only
+from omegaconf import OmegaConf
+
+from ..scoring.comparison import indicative_only, keyed_videos, paired_scores, per_video_values
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,6 @@ def _read_config(row: JobRow, directory: Path) -> None:
     path = directory / "config.yaml"
     if not path.is_file():
         return
-    from omegaconf import OmegaConf
-
     try:
         config = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as exc:  # noqa: BLE001 - a malformed YAML file is one more thing a dead job leaves
@@ -303,8 +303,6 @@ def _read_evals(row: JobRow, directory: Path) -> None:
 def per_prompt_deltas(base: dict, tuned: dict) -> tuple[dict[tuple[str, str], dict[str, float]], set]:
     """(metric, score) -> {prompt: mean over the prompt's seeds of tuned - base}, pairing videos by
     (prompt, seed) like the evaluator; and which scores are 0/1. Unreadable records give nothing."""
-    from ..scoring.comparison import keyed_videos, paired_scores, per_video_values
-
     try:
         base_videos, tuned_videos = keyed_videos(base), keyed_videos(tuned)
     except (ValueError, TypeError, AttributeError):
@@ -361,8 +359,6 @@ def sweep_params(sweep_dir: Path) -> dict[str, str]:
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return {}
-    from omegaconf import OmegaConf
-
     try:
         config = OmegaConf.load(path)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)

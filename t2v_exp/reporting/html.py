@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from .aggregate import exploratory_table, notes, primary_table, summarize_models
 from .collect import JobRow, prompt_label, videos_by_prompt
@@ -41,8 +42,6 @@ esc = html.escape
 def rel(path: Path, start: Path) -> str:
     """A link from the page's folder: works from file:// and after moving the whole sweep dir.
     Percent-encoded, so a prompt slug or run name with '#', '?', '%' or spaces still links to its file."""
-    from urllib.parse import quote
-
     return esc(quote(os.path.relpath(path, start).replace(os.sep, "/"), safe="/"), quote=True)
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from ..scoring.comparison import pct_change
-from .collect import JobRow, Score, metric_columns
+from .collect import JobRow, Score, metric_columns, prompt_label
 
 BASE_COLOR, TUNED_COLOR = "#9aa7b8", "#2f6fb5"
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")  # files only: works on headless nodes and inside a Hydra multirun
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     return plt
 
@@ -42,7 +44,7 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
     if not curves:
         return None
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred: as _pyplot
 
     names = labels(rows)
     groups: dict[str, list[JobRow]] = {}
@@ -71,8 +73,7 @@ def loss_curves(rows: list[JobRow], path: Path) -> Path | None:
 
 
 def _frames(path: Path):
-    import av
-    import numpy as np
+    import av  # deferred: PyAV only when frames are read for the grid
 
     with av.open(str(path)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -82,8 +83,6 @@ def _frames(path: Path):
 def frame_grid(rows: list[JobRow], path: Path, max_prompts: int = 3) -> Path | None:
     """First / middle / last frame per model per prompt, base above fine-tuned (same prompt, same seed):
     a still picture of what fine-tuning changed, readable where the videos do not play."""
-    from .collect import prompt_label
-
     with_pairs = [r for r in rows if any(b is not None and t is not None for _, b, t in r.videos)]
     if not with_pairs:
         return None

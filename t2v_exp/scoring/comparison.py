@@ -226,7 +226,7 @@ def resolve_primary(requested: str | None, table: dict[str, dict[str, dict]]) ->
 def adjust(table: dict[str, dict[str, dict]], primary: str | None) -> None:
     """Role, adjusted p and verdict of every row: the primary keeps its p (one comparison; a sweep
     applies Holm across its models), the others get BH q-values over this comparison's tests."""
-    from ..metrics import stats
+    from ..metrics import stats  # deferred: metrics (torch); the sweep report reads comparisons without torch
 
     rows = [(f"{metric}/{score}", row) for metric, scores in table.items() for score, row in scores.items()]
     exploratory = [(name, row) for name, row in rows if name != primary]
@@ -288,6 +288,7 @@ RATIO_SCALE = ("fvd", "kvd", "inception_score")  # positive, ratio-scale: a % ch
 def set_rows(base: dict, tuned: dict, metric: str, count: int) -> dict[str, dict[str, dict]]:
     """Rows of a set metric: the paired change from features where it has one, else both values."""
     if metric in FEATURE_CHANGES:
+        # deferred: set_change imports torch; the sweep report reads comparisons without it
         from ..metrics.set_change import set_metric_changes
 
         changes = set_metric_changes(base, tuned) or {}

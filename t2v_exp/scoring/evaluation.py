@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from ..engine.batches import instantiate_dataset
 from ..metrics import stats
-from ..metrics.suite import MetricsSettings, compute_metrics
+from ..metrics.suite import METRIC_NAMES, MetricsSettings, compute_metrics
 from . import comparison
-from .sampling import generate_videos, slug, write_videos  # noqa: F401 - re-exported for callers
+from .sampling import decoded_frames, generate_videos, slug, write_videos  # noqa: F401 - re-exported for callers
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -98,8 +101,6 @@ def reference_selection(dataset, plan: list[PlannedVideo]) -> tuple[list[int], d
     (METRICS.md, FVD). Prompts from a prompts file that match no caption fall back to the split's
     first len(plan) clips, with a warning in the record: FVD/KVD then also measure the content gap.
     """
-    from collections import Counter
-
     wanted = Counter(video.prompt for video in plan)  # insertion order: the plan's prompt order
     by_caption: dict[str, list[int]] = {}
     for index, caption in enumerate(dataset.captions() if hasattr(dataset, "captions") else []):
@@ -128,8 +129,6 @@ GENERATED_CODEC = "h264 (libx264) crf 18 yuv420p"  # what sampling.write_videos 
 def decoded_videos(folder: Path, names: list[str], like: torch.Tensor) -> torch.Tensor:
     """The written video files decoded again, [N, F, C, H, W] in [-1, 1]: what FVD and KVD score, so
     generated videos pass through the same H.264 encode/decode as the reference clips they are set against."""
-    from .sampling import decoded_frames
-
     frames, height, width = like.shape[1], like.shape[3], like.shape[4]
     clips = []
     for name in names:
@@ -142,6 +141,7 @@ def decoded_videos(folder: Path, names: list[str], like: torch.Tensor) -> torch.
 
 def scored_inputs_record(dataset, reference: dict[str, Any] | None) -> dict[str, Any]:
     """How the scored videos and the FVD/KVD reference came to be, for metrics.json (``scored_inputs``)."""
+    # deferred: av (PyAV) via the data modules; train --help imports this module
     from ..data.datasets import ShapesDataset
 
     if reference is None:
@@ -160,8 +160,6 @@ FOLDER_MAX_SIDE = 512  # scored videos are resized to at most this long side (ev
 def folder_geometry(infos) -> tuple[int, int]:
     """The most common frame size among the files, scaled down to FOLDER_MAX_SIDE on its long side
     (even numbers): one odd or huge file no longer sets the size, and memory, of every clip."""
-    from collections import Counter
-
     (height, width), _ = Counter((i.height, i.width) for i in infos).most_common(1)[0]
     scale = min(1.0, FOLDER_MAX_SIDE / max(height, width))
     return max(2, int(height * scale) // 2 * 2), max(2, int(width * scale) // 2 * 2)
@@ -172,6 +170,7 @@ def load_video_folder(folder: str | Path, *, num_frames: int | None = None) -> t
     """Every video file of a folder (sorted), at the most common size (long side at most
     FOLDER_MAX_SIDE) and the shortest length; returns the clips and their file names. Files whose
     header declares more than the media limits (decompression bombs) are skipped, never decoded."""
+    # deferred: av (PyAV) via the data modules; train --help imports this module
     from ..data.video_io import VideoDecodeError, check_media_limits, probe_video, read_clip
 
     folder = Path(folder).expanduser()
@@ -237,8 +236,6 @@ def effective_metric_settings(settings) -> dict[str, Any]:
     """Every metric setting with its default filled in: what decides the numbers, recorded and compared."""
     raw = settings.metric_settings or {}
     if type(raw).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
         raw = OmegaConf.to_container(raw, resolve=True)
     return asdict(MetricsSettings.from_mapping(raw))
 
@@ -252,8 +249,8 @@ def resolve_metrics(settings, *, frames: int, has_reference: bool, prompts: list
     enough for its 16-frame protocol (the tiny twins make 8); the shapes oracle when every prompt
     names a shapes-dataset colour and direction. Metrics that need weight files stay opt-in.
     """
+    # deferred: shapes_oracle imports scipy; train --help imports this module
     from ..metrics.shapes_oracle import parse_prompt
-    from ..metrics.suite import METRIC_NAMES
 
     requested = list(settings.metrics)
     if AUTO not in requested:
@@ -589,8 +586,6 @@ def evaluate_in_training(cfg, run_dir: Path, model, *, step: int, base: bool, au
     Never fails the run for its numbers: a skipped metric or a refused comparison (eval and
     eval_base not comparable) is recorded in metrics.json and logged, and training goes on.
     """
-    from ..engine.batches import instantiate_dataset
-
     settings = cfg.evaluation
     out_dir = run_dir / ("eval_base" if base else "eval")
     baseline = run_dir / "eval_base"

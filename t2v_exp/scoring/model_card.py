@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from .comparison import change_text, p_text, verdict
+
 log = logging.getLogger(__name__)
 SAMPLE_STRIP = "sample.png"
 TINY_PREFIX = "tiny:"
@@ -44,8 +46,6 @@ def comparison_lines(eval_report: dict | None) -> list[str]:
     if not eval_report or not eval_report.get("comparison"):
         return ["Not evaluated against its base in this run (train.evaluate_base=true train.evaluate_at_end=true "
                 "adds a paired before/after table here)."]
-    from .comparison import change_text, p_text, verdict
-
     protocol = eval_report.get("comparison_protocol") or {}
     lines = ["| score | role | base | fine-tuned | change [95% CI] | p | verdict |", "|---|---|---|---|---|---|---|"]
     rows = [(f"{metric}/{score}", row) for metric, scores in eval_report["comparison"].items()
@@ -121,9 +121,9 @@ def card_text(cfg, *, family_module: str, license_name: str, steps: int, eval_re
 
 def write_sample_strip(final_dir: Path, samples_root: Path) -> bool:
     """A PNG strip of the newest validation sample's frames, beside the card."""
-    from PIL import Image
+    from PIL import Image  # deferred: the card's picture only; writing its text needs neither PIL
 
-    from .sampling import decoded_frames, frame_strip
+    from .sampling import decoded_frames, frame_strip  # nor torch (sampling imports it)
 
     videos = sorted(samples_root.glob("step-*/*.mp4"))
     if not videos:
@@ -173,7 +173,7 @@ def push_to_hub(final_dir: Path, repo_id: str | None) -> str:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return (f"not uploaded: HF_HUB_OFFLINE is set; upload later with `hf upload {repo_id} {final_dir}`")
     try:
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi  # deferred: its HTTP client only when uploading
 
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)

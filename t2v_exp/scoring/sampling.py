@@ -10,6 +10,7 @@ import re
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -48,6 +49,7 @@ def write_videos(videos01: torch.Tensor, prompts: list[str], out_dir: Path, fps:
                  seeds: list[int] | None = None) -> list[str]:
     """Files named ``<index>_<prompt slug>[_seed<seed>].mp4``; the index is zero-padded so the
     sorted file order is the generation order."""
+    # deferred: av (PyAV) via data.video_io; train --help imports this module
     from ..data.video_io import write_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +67,6 @@ STRIP_MIN_HEIGHT = 128  # pixels; smaller frames are repeated (nearest neighbour
 
 def frame_strip(video: torch.Tensor, count: int):
     """[F, C, H, W] in [0, 1] -> uint8 RGB image of ``count`` evenly spaced frames side by side."""
-    import numpy as np
-
     frames = to_uint8_frames(video).numpy()
     picks = np.linspace(0, len(frames) - 1, num=min(count, len(frames))).round().astype(int)
     strip = np.concatenate([frames[i] for i in picks], axis=1)
@@ -76,8 +76,7 @@ def frame_strip(video: torch.Tensor, count: int):
 
 def decoded_frames(path: Path) -> torch.Tensor:
     """Every frame of a video file, [F, C, H, W] in [0, 1] (PyAV)."""
-    import av
-    import numpy as np
+    import av  # deferred: av (PyAV); train --help imports this module
 
     with av.open(str(path)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

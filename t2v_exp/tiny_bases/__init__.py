@@ -13,7 +13,10 @@ is the random twin itself (what the pretraining recipes start from).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from ..errors import ConfigError
 
 BUNDLE_ROOT = Path(__file__).resolve().parent
 RANDOM_SUFFIX = "@random"
@@ -44,8 +47,6 @@ def component_dir(twin_dir: Path, component: str, twin: str) -> Path:
 
 
 def bundle_record(name: str) -> dict:
-    import json
-
     return json.loads((BUNDLE_ROOT / name / "record.json").read_text())
 
 
@@ -64,9 +65,9 @@ def apply_bundle(twin_dir: Path, name: str) -> None:
     Every tensor must match the twin's by name and shape: a bundle made for another architecture
     is refused rather than half-loaded.
     """
+    # deferred: safetensors.torch imports torch; only when a bundle is applied
     from safetensors.torch import load_file, save_file
 
-    from ..errors import ConfigError
 
     for component, path in bundle_files(name).items():
         target_dir = component_dir(twin_dir, component, name)

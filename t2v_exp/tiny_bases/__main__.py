@@ -8,6 +8,7 @@ import json
 import sys
 
 from . import BUNDLE_ROOT
+from .record import record, record_vae, rescore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="the committed tiny bases and their oracle scores")
     args = parser.parse_args(argv)
     if args.command == "rescore":
-        from .record import rescore
-
         bases = args.bases or [p.parent.name for p in sorted(BUNDLE_ROOT.glob("*/record.json"))
                                if "oracle" in json.loads(p.read_text())]
         done: dict[str, dict] = {}
@@ -38,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{base}: colour {scores['color_ok']['value']:.2f}, direction {scores['direction_ok']['value']:.2f}")
         return 0
     if args.command in ("record", "record-vae"):
-        from .record import record, record_vae
-
         written = record(args.run_dir) if args.command == "record" else [record_vae(args.name)]
         for out in written:
             print(f"Wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
@@ -50,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _copy_oracle(base: str, oracle: dict) -> None:
     path = BUNDLE_ROOT / base / "record.json"
-    record = json.loads(path.read_text())
-    if record["oracle"] != oracle:
-        record["oracle"] = oracle
-        path.write_text(json.dumps(record, indent=2) + "\n")
+    saved = json.loads(path.read_text())
+    if saved["oracle"] != oracle:
+        saved["oracle"] = oracle
+        path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def print_table(records) -> None:

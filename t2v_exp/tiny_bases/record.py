@@ -15,6 +15,9 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -28,8 +31,8 @@ def sha256(path: Path) -> str:
 
 
 def machine() -> dict:
-    import diffusers
-    import torch
+    import diffusers  # deferred: diffusers; the tiny_bases list command imports this module
+    import torch  # deferred: torch; the tiny_bases list command imports this module
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -54,10 +57,6 @@ def rescore(twin: str, out_root: Path = BUNDLE_ROOT, work_dir: Path | None = Non
     """Score a committed base again with today's shapes oracle and intervals, the way its record
     was scored (held-out clips of its domain, its sampler settings), and rewrite the record's
     ``oracle`` (weights and digests untouched). Returns the new oracle entry."""
-    import subprocess
-    import sys
-    import tempfile
-
     path = out_root / twin / "record.json"
     rec = json.loads(path.read_text())
     old = rec["oracle"]
@@ -85,6 +84,7 @@ def twin_components(twin_root: Path, twin: str) -> list[str]:
 
 def pretrained_twins(cfg, run_dir: Path) -> dict[str, Path]:
     """{twin: its random twin's directory} for every checkpoint the run started from (AnimateDiff: two)."""
+    # deferred: hydra; the tiny_bases list command imports this module
     from hydra.utils import get_class
 
     from ..models.spec import spec_for  # the model families (torch) only when recording
@@ -104,6 +104,7 @@ def pretrained_twins(cfg, run_dir: Path) -> dict[str, Path]:
 
 def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> list[Path]:
     """Write ``out_root/<twin>/`` for each twin pretraining run ``run_dir`` trained; returns those directories."""
+    # deferred: omegaconf; the tiny_bases list command imports this module
     from omegaconf import OmegaConf
 
     run_dir = Path(run_dir)
@@ -149,8 +150,8 @@ def record(run_dir: str | os.PathLike, out_root: Path = BUNDLE_ROOT) -> list[Pat
 
 def write_bundle(out: Path, sources: dict[str, Path]) -> dict[str, str]:
     """``out/<component>.safetensors`` (float16) and ``.config.json`` from each source dir; their sha256s."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    import torch  # deferred: torch; the tiny_bases list command imports this module
+    from safetensors.torch import load_file, save_file  # deferred: safetensors.torch, as above
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*"):
@@ -178,8 +179,6 @@ def record_vae(name: str, out_root: Path = BUNDLE_ROOT) -> Path:
     """Fit shared VAE ``name`` afresh (never from an earlier bundle) and commit it with its fit figures.
     The shared VAEs are the ones the families declare (``FamilySpec.fitted_vaes``); committed so no
     machine fits them."""
-    import tempfile
-
     from ..models.registry import fitted_vaes  # the model families (torch) only when recording
 
     builders = fitted_vaes()
