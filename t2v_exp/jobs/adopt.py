@@ -47,11 +47,6 @@ def adopt_run_config(cfg: DictConfig) -> Path:
     return checkpoints[-1]
 
 
-def run_name(cfg: DictConfig) -> str:
-    """What an evaluation or generation of ``cfg`` is of: the run dir's name, else the model's."""
-    return Path(cfg.run_dir).expanduser().resolve().name if cfg.get("run_dir") else str(cfg.model.name)
-
-
 def autocast_for(device: str, mixed: str):
     if mixed == "no":
         return contextlib.nullcontext
